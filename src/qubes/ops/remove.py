@@ -1,0 +1,49 @@
+"""qvm-remove and renaming: metadata under the lock, file removal after it."""
+from __future__ import annotations
+
+import os
+
+from qubes.errors import QubesError
+from qubes.ops import ensure_halted
+from qubes.storage import file as storage
+from qubes.store.access import modify_collection
+
+
+def remove_vm(base_dir: str, host, hypervisor, name: str, just_db: bool = False) -> list[str]:
+    """Unregister `name`, then delete its directory; returns warnings."""
+    with modify_collection(base_dir, host) as app:
+        vm = app[name]
+        if vm.is_adminvm:
+            raise QubesError("dom0 cannot be removed")
+        ensure_halted(hypervisor, [vm], "remove")
+        if vm.installed_by_rpm and not just_db:
+            raise QubesError("This VM has been installed by RPM, use rpm -e <pkg name> to remove it!")
+        dir_path = vm.dir_path
+        app.remove(vm)
+    if just_db:
+        return []
+    warning = storage.remove_dir(dir_path)
+    return [warning] if warning else []
+
+
+def rename_vm(app, hypervisor, vm, untrusted_new_name: str) -> None:
+    """Rename inside an open write transaction: moves the directory and config file."""
+    if vm.is_adminvm:
+        raise QubesError("dom0 cannot be renamed")
+    if vm.installed_by_rpm:
+        raise QubesError(f"Cannot rename '{vm.name}': it was installed by RPM")
+    ensure_halted(hypervisor, [vm], "rename")
+    old_dir, old_conf, followed = vm.dir_path, vm.conf_file, vm.is_default("dir_path")
+    old_name = vm.name
+    vm.name = untrusted_new_name
+    if not followed:
+        return
+    new_dir = vm.dir_path
+    if os.path.isdir(old_dir):
+        storage.move_dir(old_dir, new_dir)
+        moved_conf = os.path.join(new_dir, os.path.basename(old_conf))
+        if vm.is_default("conf_file") and os.path.exists(moved_conf):
+            os.rename(moved_conf, vm.conf_file)
+    elif os.path.lexists(new_dir):
+        vm.name = old_name
+        raise QubesError(f"{new_dir} already exists")

@@ -1,0 +1,133 @@
+"""What every command shares: common options, the context, and the exit funnel.
+
+Exit codes (TOOLS.md §1.1): 0 ok, 1 runtime error (`ERROR: ` line on
+stderr), 2 usage error (argparse), 128+N when stopped by signal N.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import traceback
+from typing import Callable
+
+from qubes.errors import ExitCode, NoSuchVMError, QubesError
+
+DEFAULT_BASE_DIR = "/var/lib/qubes"
+
+
+class Terminated(BaseException):
+    """Raised in the main thread when SIGTERM arrives, so cleanup code runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def base_dir() -> str:
+    return os.environ.get("QUBES_BASE_DIR") or DEFAULT_BASE_DIR
+
+
+class Context:
+    """What a command needs besides its arguments; the hypervisor is made on first use."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.base_dir = base_dir()
+        self._host = None
+        self._hypervisor = None
+
+    @property
+    def host(self):
+        if self._host is None:
+            from qubes.util.host import LocalHost
+            self._host = LocalHost(self.base_dir)
+        return self._host
+
+    @property
+    def hypervisor(self):
+        if self._hypervisor is None:
+            from qubes import vmm
+            self._hypervisor = vmm.connect(offline=getattr(self.args, "offline_mode", False))
+        return self._hypervisor
+
+    def warn(self, message: str) -> None:
+        print(f"WARNING: {message}", file=sys.stderr)
+
+    def info(self, message: str) -> None:
+        if not getattr(self.args, "quiet", False):
+            print(message)
+
+
+def vm_by_name(app, name: str):
+    vm = app.get(name)
+    if vm is None:
+        raise NoSuchVMError(name)
+    return vm
+
+
+def make_parser(prog: str, description: str, *, force_root: bool = False) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--offline-mode", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    if force_root:
+        parser.add_argument("--force-root", action="store_true",
+                            help="run even as root over a collection owned by another user")
+    return parser
+
+
+def _refuse_root(ctx: Context) -> None:
+    """Refuse root over a non-root collection: root-owned files would lock its owner out."""
+    if os.geteuid() != 0 or getattr(ctx.args, "force_root", True):
+        return
+    try:
+        owner = os.stat(os.path.join(ctx.base_dir, "qubes.xml")).st_uid
+    except OSError:
+        return
+    if owner != 0:
+        raise QubesError(
+            "*** Running this tool as root is strongly discouraged, this will lead you in "
+            "permissions problems.\nRetry as unprivileged user.\n"
+            "... or use --force-root to continue anyway.")
+
+
+def _on_sigterm(signum, _frame):
+    raise Terminated(signum)
+
+
+def run(parser: argparse.ArgumentParser, handler: Callable[[Context], int | None],
+        argv: list[str] | None = None) -> int:
+    """Parse, run `handler`, and map every outcome to an exit code."""
+    args = parser.parse_args(argv)
+    if getattr(args, "offline_mode", False):
+        os.environ["QUBES_OFFLINE"] = "1"
+    ctx = Context(args)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        _refuse_root(ctx)
+        code = handler(ctx)
+        return int(code or ExitCode.OK)
+    except QubesError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return int(ExitCode.ERROR)
+    except KeyboardInterrupt:
+        print("ERROR: interrupted", file=sys.stderr)
+        return int(ExitCode.SIGNAL_BASE) + signal.SIGINT
+    except Terminated as exc:
+        print("ERROR: terminated", file=sys.stderr)
+        return int(ExitCode.SIGNAL_BASE) + exc.signum
+    except BrokenPipeError:
+        sys.stderr.close()
+        return int(ExitCode.ERROR)
+    except Exception as exc:  # noqa: BLE001 - the funnel for unexpected errors
+        if args.debug:
+            traceback.print_exc()
+        else:
+            print(f"ERROR: internal error: {type(exc).__name__}: {exc} "
+                  "(run with --debug for details)", file=sys.stderr)
+        return int(ExitCode.ERROR)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if ctx._hypervisor is not None:
+            ctx._hypervisor.close()

@@ -1,0 +1,78 @@
+"""Durable replacement of a file: temp in the same directory, fsync, rename, fsync dir.
+
+A crash or a full disk at any point leaves either the old or the new file,
+never a truncated one (CASES.md B59, B62).
+"""
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import tempfile
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _target_ownership(path: str, default_mode: int, default_group: str | None):
+    """Keep an existing file's mode and owner; new files get the defaults."""
+    try:
+        st = os.stat(path)
+        return st.st_mode & 0o7777, st.st_uid, st.st_gid
+    except FileNotFoundError:
+        gid = -1
+        if default_group:
+            try:
+                gid = grp.getgrnam(default_group).gr_gid
+            except KeyError:
+                pass
+        return default_mode, -1, gid
+
+
+def replace_file(path: str, data: bytes, *, mode: int = 0o660, group: str | None = "qubes",
+                 before_rename=None) -> None:
+    """Write `data` to `path` atomically and durably.
+
+    `before_rename(fd)` runs on the finished temp file just before the rename
+    (the store uses it to take the lock on the new inode first).
+    Raises OSError with the temp file removed and `path` untouched.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    perm, uid, gid = _target_ownership(path, mode, group)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+        os.fchmod(fd, perm)
+        if uid != -1 or gid != -1:
+            try:
+                os.fchown(fd, uid, gid)
+            except PermissionError:
+                pass
+        if before_rename is not None:
+            before_rename(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        os.close(fd)
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    os.close(fd)
+    fsync_dir(directory)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """A short cause; says "no space left" in words users search for."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on device"
+    return exc.strerror or str(exc)
