@@ -15,7 +15,7 @@ Also holds the helpers for the *outer* backup stream: each outer member is its
 own small pax archive, like the output of ``tar -cO --posix`` appended to
 the stream (§2.1).
 
-May import: the standard library only.
+May import: the standard library and `qubes.util`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import stat
 import time
 from typing import Callable
 
+from qubes.util.sparse import data_regions
+
 BLOCK = 512
 RECORD = 10240  # GNU tar's default record size (20 blocks)
 READ_SIZE = 1024 * 1024
@@ -34,7 +36,6 @@ OUTER_HEADER_SIZE = 3 * BLOCK  # pax header block + pax data + ustar block
 
 _OCTAL11_MAX = 8 ** 11 - 1  # largest value of a 12-byte octal field
 _REGTYPE, _LNKTYPE, _SYMTYPE, _DIRTYPE, _PAXTYPE = b"0", b"1", b"2", b"5", b"x"
-_UNSUPPORTED_SEEK = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
 
 
 class FileShrankError(OSError):
@@ -50,37 +51,6 @@ class FileShrankError(OSError):
             f"file shrank while being archived (expected {expected} bytes, "
             f"could read only {got})",
             path)
-
-
-def data_regions(fd: int, size: int) -> list[tuple[int, int]]:
-    """Return the ``(offset, length)`` data regions of the first *size* bytes.
-
-    Uses SEEK_DATA/SEEK_HOLE; where the system or file system lacks them, the
-    whole file is one data region. Moves the file offset of *fd*.
-    """
-    if size <= 0:
-        return []
-    seek_data = getattr(os, "SEEK_DATA", None)
-    seek_hole = getattr(os, "SEEK_HOLE", None)
-    if seek_data is None or seek_hole is None:
-        return [(0, size)]
-    regions: list[tuple[int, int]] = []
-    pos = 0
-    while pos < size:
-        try:
-            start = os.lseek(fd, pos, seek_data)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # only a hole after pos
-                break
-            if exc.errno in _UNSUPPORTED_SEEK:
-                return [(0, size)]
-            raise
-        if start >= size:
-            break
-        end = min(os.lseek(fd, start, seek_hole), size)
-        regions.append((start, end - start))
-        pos = end
-    return regions
 
 
 def _check_arcname(arcname: str) -> str:
@@ -308,6 +278,14 @@ class TarWriter:
                 offset += len(piece)
                 done += len(piece)
         return done
+
+    def add_bytes(self, arcname: str, data: bytes, mode: int = 0o644,
+                  mtime: int | None = None) -> None:
+        """A regular member from memory (the backup's own qubes.xml)."""
+        arcname = _check_arcname(arcname)
+        self._write(_member_header(arcname, _REGTYPE, mode, len(data), self._mtime(mtime)))
+        self._write(data)
+        self._write(_pad(len(data)))
 
     def add_dir(self, arcname: str, mode: int = 0o755,
                 mtime: int | None = None) -> None:

@@ -297,18 +297,30 @@ def _common_attributes(vm: QubesVM) -> dict[str, str]:
     return a
 
 
-def dump_collection(app: VMCollection, vms=None) -> bytes:
-    """Serialise the collection (or only `vms`, as a backup does, B42)."""
+def stub_attributes(vm: QubesVM) -> dict[str, str]:
+    """Only what names a VM that others refer to (a backup's dependencies, B42)."""
+    a = {"qid": str(vm.qid), "name": vm.name, "label": vm.label.name,
+         "template_qid": _ref(vm.template), "backup_content": "False"}
+    if vm.provides_network:
+        a["netid"] = str(vm.netid)
+    return a
+
+
+def dump_collection(app: VMCollection, vms=None, stubs=()) -> bytes:
+    """Serialise the collection, or only `vms` (+ `stubs` by name), as a backup does."""
     root = etree.Element(ROOT_TAG)
+    listed = None if vms is None else set(vms) | set(stubs)
     for name in GLOBAL_VM_REFS:
         vm = getattr(app, name)
-        root.set(name, "None" if vm is None or (vms is not None and vm not in vms) else str(vm.qid))
+        root.set(name, "None" if vm is None or (listed is not None and vm not in listed)
+                 else str(vm.qid))
     root.set("default_kernel", str(app.default_kernel))
     for vm in app:
-        if vms is not None and vm not in vms:
+        if listed is not None and vm not in listed:
             continue
         el = etree.SubElement(root, vm.XML_TAG)
-        for key, value in vm_attributes(vm).items():
+        attrs = stub_attributes(vm) if vm in stubs and vm not in vms else vm_attributes(vm)
+        for key, value in attrs.items():
             el.set(key, value)
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
 

@@ -16,6 +16,11 @@ from qubes.errors import ExitCode, NoSuchVMError, QubesError
 
 DEFAULT_BASE_DIR = "/var/lib/qubes"
 
+#: Injection hooks for tests: callables taking the parsed arguments and
+#: returning the hypervisor / host object a Context should use.
+hypervisor_factory: Callable | None = None
+host_factory: Callable | None = None
+
 
 class Terminated(BaseException):
     """Raised in the main thread when SIGTERM arrives, so cleanup code runs."""
@@ -41,15 +46,21 @@ class Context:
     @property
     def host(self):
         if self._host is None:
-            from qubes.util.host import LocalHost
-            self._host = LocalHost(self.base_dir)
+            if host_factory is not None:
+                self._host = host_factory(self.args)
+            else:
+                from qubes.util.host import LocalHost
+                self._host = LocalHost(self.base_dir)
         return self._host
 
     @property
     def hypervisor(self):
         if self._hypervisor is None:
-            from qubes import vmm
-            self._hypervisor = vmm.connect(offline=getattr(self.args, "offline_mode", False))
+            if hypervisor_factory is not None:
+                self._hypervisor = hypervisor_factory(self.args)
+            else:
+                from qubes import vmm
+                self._hypervisor = vmm.connect(offline=getattr(self.args, "offline_mode", False))
         return self._hypervisor
 
     def warn(self, message: str) -> None:
@@ -97,9 +108,17 @@ def _on_sigterm(signum, _frame):
 
 
 def run(parser: argparse.ArgumentParser, handler: Callable[[Context], int | None],
-        argv: list[str] | None = None) -> int:
-    """Parse, run `handler`, and map every outcome to an exit code."""
+        argv: list[str] | None = None,
+        validate: Callable[[argparse.ArgumentParser, argparse.Namespace], None] | None = None,
+        ) -> int:
+    """Parse, run `handler`, and map every outcome to an exit code.
+
+    `validate(parser, args)` may check argument combinations and call
+    `parser.error()` (usage error, exit 2) before anything is opened.
+    """
     args = parser.parse_args(argv)
+    if validate is not None:
+        validate(parser, args)
     if getattr(args, "offline_mode", False):
         os.environ["QUBES_OFFLINE"] = "1"
     ctx = Context(args)

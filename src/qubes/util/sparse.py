@@ -1,29 +1,41 @@
 """Sparse-aware file copies: time in proportion to data, holes kept as holes."""
 from __future__ import annotations
 
+import errno
 import os
 
 _PIECE = 1 << 20
+_UNSUPPORTED_SEEK = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
 
 
 def data_regions(fd: int, size: int) -> list[tuple[int, int]]:
-    """(offset, length) of the data regions of an open file, by SEEK_DATA/SEEK_HOLE."""
-    regions = []
+    """(offset, length) of the data in the first `size` bytes, by SEEK_DATA/SEEK_HOLE.
+
+    Where the system or file system lacks them the whole file is one region.
+    Moves the file offset of `fd`.
+    """
+    if size <= 0:
+        return []
+    seek_data = getattr(os, "SEEK_DATA", None)
+    seek_hole = getattr(os, "SEEK_HOLE", None)
+    if seek_data is None or seek_hole is None:
+        return [(0, size)]
+    regions: list[tuple[int, int]] = []
     pos = 0
-    try:
-        while pos < size:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError as exc:
-                if exc.errno == 6:  # ENXIO: no data after pos
-                    break
-                raise
-            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-            if end > start:
-                regions.append((start, end - start))
-            pos = end
-    except OSError:
-        return [(0, size)] if size else []
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, seek_data)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole after pos
+                break
+            if exc.errno in _UNSUPPORTED_SEEK:
+                return [(0, size)]
+            raise
+        if start >= size:
+            break
+        end = min(os.lseek(fd, start, seek_hole), size)
+        regions.append((start, end - start))
+        pos = end
     return regions
 
 

@@ -1,0 +1,257 @@
+"""Decode one item (decrypt, decompress) and extract its inner tar with our filter.
+
+The inner tar is parsed by `tarfile` in a worker thread fed through a
+bounded pipe; members are checked before anything is written: expected
+names only, regular files and directories only, no `..`, no absolute
+names, no duplicates (CASES.md B41). Files are created with O_EXCL and
+O_NOFOLLOW inside the destination, holes are kept as holes.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import re
+import tarfile
+import threading
+
+from qubes.backup import compress, crypto
+from qubes.backup.errors import BackupError, UnsafeArchiveError
+
+_PART = re.compile(r"[^\x00-\x1f\x7f/]+")
+ZERO_BLOCK = 4096
+_EOF = object()
+
+
+class _Abort(Exception):
+    pass
+
+
+class _Pipe:
+    """A bounded byte pipe from the reading thread to the tar worker."""
+
+    def __init__(self, depth: int = 8):
+        self._q: queue.Queue = queue.Queue(depth)
+        self._buf = b""
+        self._done = False
+
+    def put(self, data, alive) -> bool:
+        while True:
+            try:
+                self._q.put(data, timeout=0.1)
+                return True
+            except queue.Full:
+                if not alive():
+                    return False
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._buf and not self._done:
+            item = self._q.get()
+            if item is _EOF:
+                self._done = True
+            elif isinstance(item, _Abort):
+                raise item
+            else:
+                self._buf = item
+        if n < 0 or n >= len(self._buf):
+            out, self._buf = self._buf, b""
+        else:
+            out, self._buf = self._buf[:n], self._buf[n:]
+        return out
+
+
+def relative_path(untrusted_name: str, subdir: str, item_name: str) -> str | None:
+    """Path inside the VM directory for an inner member; None for the item's own dir."""
+    name = untrusted_name.rstrip("/")
+    if name != item_name.rstrip("/") and not name.startswith(item_name.rstrip("/") + "/"):
+        raise UnsafeArchiveError(f"item '{item_name}': unexpected member '{untrusted_name}'",
+                                 untrusted_name)
+    rest = name[len(subdir):]
+    parts = [p for p in rest.split("/") if p != "."] if rest else []
+    for part in parts:
+        if part == ".." or not _PART.fullmatch(part):
+            raise UnsafeArchiveError(f"item '{item_name}': unsafe member name "
+                                     f"'{untrusted_name!r}'", untrusted_name)
+    return "/".join(parts) or None
+
+
+class InnerExtractor:
+    """Parses one item's inner tar in a thread; writes into `dest` (None: verify only)."""
+
+    def __init__(self, item_name: str, subdir: str, dest: str | None,
+                 capture: dict | None = None, capture_limit: int = 0):
+        self.item_name = item_name
+        self.subdir = subdir
+        self.dest = dest
+        self.capture = capture
+        self.capture_limit = capture_limit
+        self.error: BaseException | None = None
+        self.files: list[str] = []
+        self.bytes = 0
+        self._pipe = _Pipe()
+        self._thread = threading.Thread(target=self._run, name=f"extract {item_name}",
+                                        daemon=True)
+        self._thread.start()
+
+    def feed(self, data: bytes) -> None:
+        if data and not self._pipe.put(data, self._thread.is_alive):
+            self._thread.join()
+
+    def finish(self) -> None:
+        self._pipe.put(_EOF, self._thread.is_alive)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def abort(self) -> None:
+        self._pipe.put(_Abort(), self._thread.is_alive)
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            with tarfile.open(fileobj=self._pipe, mode="r|") as tar:
+                seen = set()
+                for member in tar:
+                    self._member(tar, member, seen)
+                # drain the padding so the writer never blocks
+                while self._pipe.read(1 << 16):
+                    pass
+            if not self.files and self.capture is None:
+                raise BackupError(f"item '{self.item_name}': the archive holds no file",
+                                  self.item_name)
+        except _Abort:
+            pass
+        except BackupError as exc:
+            self.error = exc
+        except (tarfile.TarError, EOFError) as exc:
+            self.error = BackupError(f"item '{self.item_name}': inner archive is damaged: {exc}",
+                                     self.item_name)
+        except OSError as exc:
+            self.error = BackupError(f"item '{self.item_name}': cannot write "
+                                     f"{exc.filename or ''}: {exc.strerror or exc}",
+                                     self.item_name)
+        except BaseException as exc:  # noqa: BLE001 - any failure must fail the item
+            self.error = BackupError(f"item '{self.item_name}': internal error while "
+                                     f"extracting: {type(exc).__name__}: {exc}", self.item_name)
+        if self.error is not None:
+            try:  # keep consuming so the producer can finish
+                while self._pipe.read(1 << 16):
+                    pass
+            except _Abort:
+                pass
+
+    def _member(self, tar, member, seen) -> None:
+        rel = relative_path(member.name, self.subdir, self.item_name)
+        if rel in seen:
+            raise UnsafeArchiveError(f"item '{self.item_name}': member '{member.name}' "
+                                     "appears twice", member.name)
+        seen.add(rel)
+        if member.isdir():
+            if rel is not None and self.dest is not None:
+                os.makedirs(os.path.join(self.dest, rel), mode=0o755, exist_ok=True)
+            return
+        if not member.isreg() or rel is None:
+            raise UnsafeArchiveError(
+                f"item '{self.item_name}': member '{member.name}' is not a regular file "
+                "(links, devices and fifos are refused)", member.name)
+        if self.capture is not None:
+            if member.size > self.capture_limit:
+                raise BackupError(f"'{member.name}' is larger than {self.capture_limit} bytes",
+                                  member.name)
+            self.capture[rel] = tar.extractfile(member).read()
+            return
+        self.files.append(rel)
+        path = None if self.dest is None else os.path.join(self.dest, rel)
+        self._copy(tar, member, path)
+
+    def _pieces(self, tar, member):
+        """(offset in the file, data) in stream order, reading the raw member data.
+
+        The data of a sparse member is its data regions back to back; reading
+        them straight from the stream keeps the cost proportional to the data.
+        """
+        regions = member.sparse if member.sparse is not None else [(0, member.size)]
+        stream = tar.fileobj
+        stream.seek(member.offset_data)
+        for offset, length in regions:
+            if offset < 0 or length < 0 or offset + length > member.size:
+                raise UnsafeArchiveError(f"member '{member.name}': sparse map out of range",
+                                         member.name)
+            while length:
+                piece = stream.read(min(length, 1 << 20))
+                if not piece:
+                    raise BackupError(f"member '{member.name}' is truncated", member.name)
+                yield offset, piece
+                offset += len(piece)
+                length -= len(piece)
+
+    def _copy(self, tar, member, path: str | None) -> None:
+        if path is None:
+            for _offset, piece in self._pieces(tar, member):
+                self.bytes += len(piece)
+            return
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            for offset, piece in self._pieces(tar, member):
+                _write_skipping_zeros(fd, piece, offset)
+                self.bytes += len(piece)
+            os.ftruncate(fd, member.size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_skipping_zeros(fd: int, data: bytes, offset: int) -> None:
+    """Write `data` at `offset`, leaving all-zero blocks as holes in the fresh file."""
+    view = memoryview(data)
+    start = 0
+    zero = bytes(ZERO_BLOCK)
+    while start < len(view):
+        block = view[start:start + ZERO_BLOCK]
+        if block != zero[:len(block)]:
+            end = start + ZERO_BLOCK
+            while end < len(view) and view[end:end + ZERO_BLOCK] != zero[:len(view[end:end + ZERO_BLOCK])]:
+                end += ZERO_BLOCK
+            os.pwrite(fd, view[start:end], offset + start)
+            start = end
+        else:
+            start += ZERO_BLOCK
+
+
+class ItemDecoder:
+    """Authenticated chunk bytes -> decrypt -> decompress -> extractor."""
+
+    def __init__(self, extractor: InnerExtractor, passphrase: bytes, crypto_algorithm: str | None,
+                 codec: compress.Codec | None):
+        self.extractor = extractor
+        self.decryptor = crypto.Decryptor(passphrase, crypto_algorithm) if crypto_algorithm else None
+        self.decompressor = codec.decompressor() if codec is not None else None
+        self.stage = "decrypt"
+
+    def feed(self, data: bytes) -> None:
+        if self.decryptor is not None:
+            self.stage = "decrypt"
+            data = self.decryptor.update(data)
+        self._plain(data)
+
+    def _plain(self, data: bytes) -> None:
+        if self.decompressor is not None and data:
+            self.stage = "decompress"
+            for out in self.decompressor.iter_decompress(data):
+                self.stage = "untar"
+                self.extractor.feed(out)
+        elif data:
+            self.stage = "untar"
+            self.extractor.feed(data)
+
+    def finish(self) -> None:
+        if self.decryptor is not None:
+            self.stage = "decrypt"
+            self._plain(self.decryptor.finalize())
+        if self.decompressor is not None:
+            self.stage = "decompress"
+            tail = self.decompressor.finish()
+            self.stage = "untar"
+            self.extractor.feed(tail)
+        self.stage = "untar"
+        self.extractor.finish()

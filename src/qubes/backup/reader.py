@@ -1,0 +1,176 @@
+"""Read the outer stream: members in order, each authenticated before it is parsed.
+
+The outer stream is untrusted: names, types and sizes are checked before
+any byte is used, and every data member's HMAC is checked before it is
+decrypted (BACKUP-FORMAT.md §9, §10).
+"""
+from __future__ import annotations
+
+import re
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from qubes.backup import crypto
+from qubes.backup.errors import BackupError, WrongPassphraseError
+from qubes.backup.format import HEADER_MAX, HEADER_NAME, HMAC_FILE_MAX, hmac_name
+
+_COMPONENT = re.compile(r"[A-Za-z0-9._+-]+")
+PIECE = 1 << 20
+HMAC_ORDER = ("SHA512", "SHA384", "SHA256", "SHA224", "SHA1", "MD5")
+
+
+def check_member_name(untrusted_name: str) -> str:
+    parts = untrusted_name.split("/")
+    if untrusted_name.startswith("/") or not all(
+            _COMPONENT.fullmatch(p) and p not in (".", "..") for p in parts):
+        raise BackupError(f"archive member '{untrusted_name!s}' has an unsafe name",
+                          untrusted_name)
+    return untrusted_name
+
+
+@dataclass
+class Member:
+    name: str
+    size: int
+    fileobj: object
+
+
+class OuterReader:
+    """Yields the outer members of a backup stream in order."""
+
+    def __init__(self, source: BinaryIO, label: str):
+        self.label = label
+        self.current: str | None = None
+        try:
+            self._tar = tarfile.open(fileobj=source, mode="r|", ignore_zeros=True)
+        except tarfile.TarError:
+            raise BackupError(f"{label} is not a Qubes backup (not a tar stream)") from None
+
+    def next(self) -> Member | None:
+        try:
+            info = self._tar.next()
+        except (tarfile.TarError, EOFError) as exc:
+            raise self._truncated(exc) from None
+        if info is None:
+            return None
+        name = check_member_name(info.name)
+        if not info.isreg():
+            raise BackupError(f"archive member '{name}' is not a regular file", name)
+        self.current = name
+        return Member(name, info.size, self._tar.extractfile(info))
+
+    def _truncated(self, exc) -> BackupError:
+        after = f" after member '{self.current}'" if self.current else ""
+        return BackupError(f"{self.label} is damaged or truncated{after}: {exc}", self.current)
+
+    def read_small(self, member: Member, limit: int) -> bytes:
+        if member.size > limit:
+            raise BackupError(f"archive member '{member.name}' is {member.size} bytes; "
+                              f"at most {limit} are allowed", member.name)
+        try:
+            data = member.fileobj.read()
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise self._truncated(exc) from None
+        if len(data) != member.size:
+            raise self._truncated("unexpected end of data")
+        return data
+
+    def pieces(self, member: Member):
+        """The member's data in pieces; a short read is a truncated backup."""
+        left = member.size
+        while left:
+            try:
+                piece = member.fileobj.read(min(PIECE, left))
+            except (tarfile.TarError, EOFError, OSError) as exc:
+                raise self._truncated(exc) from None
+            if not piece:
+                raise self._truncated("unexpected end of data")
+            left -= len(piece)
+            yield piece
+
+    def expect(self, name: str, limit: int) -> bytes:
+        member = self.next()
+        if member is None:
+            raise BackupError(f"{self.label} ends before member '{name}'", name)
+        if member.name != name:
+            raise BackupError(f"expected member '{name}', found '{member.name}'", member.name)
+        return self.read_small(member, limit)
+
+
+def read_hmac(reader: OuterReader, data_name: str) -> str:
+    """The next member must be `<data_name>.hmac`; returns its hex digest."""
+    name = hmac_name(data_name)
+    raw = reader.expect(name, HMAC_FILE_MAX)
+    try:
+        return crypto.parse_hmac_file(raw)
+    except crypto.MalformedHmac as exc:
+        raise BackupError(f"member '{name}' is malformed: {exc}", name) from None
+
+
+def authenticate_header(reader: OuterReader, passphrase: bytes) -> tuple[bytes, str]:
+    """Read backup-header and its HMAC; returns (header bytes, algorithm) or raises."""
+    first = reader.next()
+    if first is None:
+        raise BackupError(f"{reader.label} is empty")
+    if first.name != HEADER_NAME:
+        raise BackupError(f"{reader.label} has no backup header (first member '{first.name}'); "
+                          "a header-less format-2 backup cannot be restored by this tool, "
+                          "use the emergency procedure", first.name)
+    untrusted_header = reader.read_small(first, HEADER_MAX)
+    expected = read_hmac(reader, HEADER_NAME)
+    for algorithm in _algorithm_order(untrusted_header):
+        mac = crypto.new_hmac(algorithm, passphrase)
+        mac.update(untrusted_header)
+        if crypto.digests_equal(mac.hexdigest(), expected):
+            return untrusted_header, algorithm
+    raise WrongPassphraseError()
+
+
+def _algorithm_order(untrusted_header: bytes) -> list[str]:
+    """Try the algorithm the header names first (an unauthenticated hint only)."""
+    order = list(HMAC_ORDER)
+    match = re.search(rb"^hmac-algorithm=([A-Za-z0-9-]+)$", untrusted_header, re.M)
+    if match:
+        try:
+            hint = match.group(1).decode("ascii")
+            crypto.hmac_algorithm(hint)
+            order.insert(0, hint)
+        except (ValueError, UnicodeDecodeError):
+            pass
+    return order
+
+
+class VerifiedChunk:
+    """A chunk spooled to a temporary file and authenticated against its .hmac."""
+
+    def __init__(self, reader: OuterReader, member: Member, algorithm: str, key: bytes,
+                 tmpdir: str | None, keep: bool):
+        self.name = member.name
+        self.size = member.size
+        mac = crypto.new_hmac(algorithm, key)
+        self.file = tempfile.TemporaryFile(dir=tmpdir, prefix="qubes-restore-") if keep else None
+        try:
+            for piece in reader.pieces(member):
+                mac.update(piece)
+                if self.file is not None:
+                    self.file.write(piece)
+            expected = read_hmac(reader, member.name)
+        except BaseException:
+            self.close()
+            raise
+        self.authentic = crypto.digests_equal(mac.hexdigest(), expected)
+
+    def data(self):
+        self.file.seek(0)
+        while True:
+            piece = self.file.read(PIECE)
+            if not piece:
+                return
+            yield piece
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None

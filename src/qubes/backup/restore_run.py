@@ -1,0 +1,235 @@
+"""The data pass of a restore or verify, and the registration of complete VMs."""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+from qubes.backup import compress, crypto
+from qubes.backup.errors import BackupError
+from qubes.backup.extract import InnerExtractor
+from qubes.backup.format import split_chunk_name
+from qubes.backup.reader import VerifiedChunk
+from qubes.backup.report import Problem, Reporter
+from qubes.backup.restore import BackupSource, RestoreOptions, RestoreResult, VMPlan
+from qubes.errors import QubesError
+from qubes.util.atomicfile import describe_os_error
+
+DOM0_HOME_PREFIX = "dom0-home/"
+
+# Properties that describe where a VM lived or its backup, not the VM itself.
+NOT_COPIED = {"qid", "uuid", "name", "dir_path", "conf_file", "root_img", "private_img",
+              "volatile_img", "template", "netvm", "netid", "backup_content", "backup_size",
+              "backup_path", "backup_timestamp", "installed_by_rpm"}
+
+
+class _OpenItem:
+    def __init__(self, name: str, plan: VMPlan | None, decoder, extractor):
+        self.name = name
+        self.plan = plan
+        self.decoder = decoder
+        self.extractor = extractor
+        self.next_index = 0
+        self.failed = False
+
+
+class DataPass:
+    """Walks the data members once; every chunk is authenticated, selected items decoded."""
+
+    def __init__(self, source: BackupSource, plans: list[VMPlan], staging: str | None,
+                 options: RestoreOptions, reporter: Reporter):
+        self.source = source
+        self.plans = {p.path: p for p in plans}
+        self.all_paths = {vm.backup_path: vm.name for vm in _backed_up(source)}
+        self.staging = staging
+        self.options = options
+        self.reporter = reporter
+        self.problems: list[Problem] = []
+        self.item: _OpenItem | None = None
+        self.items_done: set[str] = set()
+
+    def problem(self, stage: str, cause: str, vm=None, member=None) -> None:
+        p = Problem(stage, cause, vm, member)
+        self.problems.append(p)
+        self.reporter.problem(p)
+
+    def _plan_for(self, item_name: str) -> tuple[VMPlan | None, str | None]:
+        if item_name.startswith(DOM0_HOME_PREFIX):
+            self.reporter.warning(f"item '{item_name}' (dom0 home) is authenticated but not "
+                                  "restored: restoring dom0 home is not supported yet")
+            return None, "dom0"
+        for path, vm_name in self.all_paths.items():
+            if item_name.startswith(path + "/"):
+                return self.plans.get(path), vm_name
+        return None, None
+
+    def run(self) -> None:
+        reader = self.source.reader
+        try:
+            while True:
+                member = reader.next()
+                if member is None:
+                    break
+                self._chunk(member)
+        except BackupError as exc:
+            vm = self.item.plan.name if self.item and self.item.plan else None
+            self.problem("retrieve", str(exc), vm, exc.member)
+            if self.item is not None:
+                self._fail_item(self.item, "retrieve", "the rest of the item is missing")
+        finally:
+            self._close_item()
+
+    def _chunk(self, member) -> None:
+        parsed = split_chunk_name(member.name)
+        if parsed is None:
+            raise BackupError(f"unexpected archive member '{member.name}'", member.name)
+        base, index = parsed
+        if self.item is None or self.item.name != base:
+            self._close_item()
+            self._open_item(base, member.name, index)
+        item = self.item
+        if index != item.next_index:
+            raise BackupError(f"member '{member.name}' is out of order: expected "
+                              f"'{base}.{item.next_index:03d}'", member.name)
+        item.next_index += 1
+        keep = item.decoder is not None and not item.failed
+        chunk = VerifiedChunk(self.source.reader, member, self.source.hmac_algorithm,
+                              self.source.passphrase, self.options.tmpdir, keep)
+        try:
+            if not chunk.authentic:
+                self._fail_item(item, "authenticate", f"member '{member.name}': HMAC "
+                                "verification failed (corrupted or modified chunk)", member.name)
+            elif keep:
+                self._decode(item, chunk)
+        finally:
+            chunk.close()
+
+    def _open_item(self, base: str, member_name: str, index: int) -> None:
+        if base in self.items_done:
+            raise BackupError(f"item '{base}' appears twice in the archive", member_name)
+        plan, vm_name = self._plan_for(base)
+        if vm_name is None:
+            raise BackupError(f"archive item '{base}' belongs to no VM in qubes.xml", member_name)
+        if index != 0:
+            raise BackupError(f"item '{base}' starts with '{member_name}', expected "
+                              f"'{base}.000'", member_name)
+        decoder = extractor = None
+        if plan is not None:
+            subdir = plan.path + "/"
+            dest = None if self.staging is None else os.path.join(self.staging, plan.name)
+            extractor = InnerExtractor(base, subdir, dest)
+            decoder = self.source.decoder(extractor)
+            plan.items.append(base[len(subdir):])
+        self.item = _OpenItem(base, plan, decoder, extractor)
+
+    def _decode(self, item: _OpenItem, chunk: VerifiedChunk) -> None:
+        try:
+            for piece in chunk.data():
+                item.decoder.feed(piece)
+        except (crypto.DecryptError, compress.CorruptStream) as exc:
+            self._fail_item(item, item.decoder.stage, f"{chunk.name}: {exc}", chunk.name)
+
+    def _fail_item(self, item: _OpenItem, stage: str, cause: str, member=None) -> None:
+        if not item.failed:
+            item.failed = True
+            name = item.plan.name if item.plan else self.all_paths.get(item.name.split("/")[0])
+            self.problem(stage, cause, name, member or item.name)
+            if item.plan is not None:
+                item.plan.failed = item.plan.failed or cause
+            if item.extractor is not None:
+                item.extractor.abort()
+
+    def _close_item(self) -> None:
+        item, self.item = self.item, None
+        if item is None:
+            return
+        self.items_done.add(item.name)
+        if item.decoder is None or item.failed:
+            return
+        try:
+            item.decoder.finish()
+        except (crypto.DecryptError, compress.CorruptStream, BackupError) as exc:
+            item.failed = True
+            self.problem(item.decoder.stage, str(exc), item.plan.name, item.name)
+            item.plan.failed = item.plan.failed or str(exc)
+
+
+def _backed_up(source: BackupSource):
+    return [vm for vm in source.collection if vm.backup_content and not vm.is_adminvm]
+
+
+def required_items(vm) -> list[str]:
+    if vm.is_template:
+        return ["."]
+    required = ["private.img"]
+    if vm.updateable:
+        required.append("root.img")
+    return required
+
+
+def check_complete(plans: list[VMPlan], pass_: DataPass) -> None:
+    """A VM whose data never arrived is a failure, not a silent skip (B55)."""
+    for plan in plans:
+        if plan.failed:
+            continue
+        missing = [i for i in required_items(plan.vm) if i not in plan.items]
+        if missing:
+            plan.failed = f"{', '.join(missing)} missing from the archive"
+            pass_.problem("retrieve", plan.failed, plan.name)
+
+
+def staging_dir(base_dir: str) -> str:
+    path = os.path.join(base_dir, f".restore-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    os.makedirs(path, mode=0o700)
+    return path
+
+
+def register(app, plans: list[VMPlan], staging: str, reporter: Reporter,
+             result: RestoreResult) -> list[str]:
+    """Move each complete VM's data into place and add it to `app` (under the write lock).
+
+    Returns the directories moved in, so the caller can undo them if the save fails.
+    """
+    moved = []
+    for plan in plans:
+        if plan.failed:
+            continue
+        try:
+            new = _create(app, plan, reporter)
+            src = os.path.join(staging, plan.name)
+            os.makedirs(src, exist_ok=True)
+            if os.path.lexists(new.dir_path):
+                raise QubesError(f"{new.dir_path} already exists; not merging into it")
+            os.makedirs(os.path.dirname(new.dir_path), exist_ok=True)
+            os.rename(src, new.dir_path)
+            moved.append(new.dir_path)
+            result.restored.append(plan.name)
+        except (QubesError, OSError) as exc:
+            cause = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+            if app.get(plan.name) is not None:
+                app.remove(app[plan.name])
+            plan.failed = cause
+            result.failed[plan.name] = cause
+            reporter.problem(Problem("register", cause, plan.name))
+    return moved
+
+
+def _create(app, plan: VMPlan, reporter: Reporter):
+    vm = plan.vm
+    new = app.add_new_vm(vm.TYPE, plan.name, template=plan.template)
+    for prop in vm.property_list():
+        name = prop.name
+        if name in NOT_COPIED or vm.is_default(name) or not new.has_property(name):
+            continue
+        try:
+            new.set_prop(name, getattr(vm, name))
+        except QubesError as exc:
+            reporter.warning(f"VM '{plan.name}': {exc}; using the default")
+    if not plan.netvm_default and vm.HAS_NETVM:
+        new.set_prop("netvm", plan.netvm)
+    return new
+
+
+def discard(path: str | None) -> None:
+    if path:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,30 @@
+"""qvm-check: does a VM exist? (TOOLS.md §7). Exit 0 if it does, 1 if not."""
+from __future__ import annotations
+
+from qubes.errors import ExitCode
+from qubes.store.access import read_collection
+from qubes.tools import _cli
+
+
+def build_parser():
+    p = _cli.make_parser("qvm-check", "Check whether a VM exists.")
+    p.add_argument("-q", "--quiet", action="store_true", help="no output, only the exit code")
+    p.add_argument("name", metavar="VM")
+    return p
+
+
+def main(argv=None) -> int:
+    def handle(ctx):
+        name = ctx.args.name
+        with read_collection(ctx.base_dir) as app:
+            exists = app.get(name) is not None
+        if exists:
+            ctx.info(f"A VM with the name '{name}' does exist.")
+            return ExitCode.OK
+        ctx.info(f"A VM with the name '{name}' does not exist in the system!")
+        return ExitCode.ERROR
+    return _cli.run(build_parser(), handle, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
