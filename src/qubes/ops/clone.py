@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import os
 
-from qubes.errors import QubesError
+from qubes.errors import QubesError, StorageError
 from qubes.ops import ensure_halted
 from qubes.storage import file as storage
 from qubes.store.access import modify_collection, read_collection
+from qubes.util.atomicfile import describe_os_error
 
 CLONE_PROPS = ("kernel", "netvm", "memory", "maxmem", "kernelopts", "services", "vcpus", "mac",
                "pcidevs", "include_in_backups", "label", "default_user", "timezone",
@@ -40,7 +41,12 @@ def clone_vm(base_dir: str, host, hypervisor, src_name: str, dst_name: str,
         src, dst = _register(app, src_name, dst_name, dir_path)
         ensure_halted(hypervisor, [src], "clone")
         images = {}
-        for entry in sorted(os.scandir(src.dir_path), key=lambda e: e.name):
+        try:
+            entries = sorted(os.scandir(src.dir_path), key=lambda e: e.name)
+        except OSError as exc:
+            raise StorageError(f"cannot read the files of '{src.name}' in {src.dir_path}: "
+                               f"{describe_os_error(exc)}") from None
+        for entry in entries:
             if entry.is_file(follow_symlinks=False) and entry.name not in SKIP_FILES \
                     and not entry.name.endswith(".conf"):
                 images[entry.name] = entry.path

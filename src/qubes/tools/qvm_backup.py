@@ -8,6 +8,7 @@ import time
 
 from qubes.backup import crypto
 from qubes.backup.create import BackupOptions, write_backup
+from qubes.backup.format import CHUNK_SIZE
 from qubes.backup.report import CollectingReporter
 from qubes.backup.selection import archived_vms, make_plan, mark_collection
 from qubes.errors import QubesError
@@ -40,6 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compression filter (default gzip)")
     add_common_options(p)
     return p
+
+
+def _chunk_size() -> int:
+    """100 MiB; QUBES_BACKUP_CHUNK_SIZE (as the peer tools read it) lets tests use small chunks."""
+    raw = os.environ.get("QUBES_BACKUP_CHUNK_SIZE", "")
+    if raw.isdigit() and int(raw) >= 4096:
+        return int(raw)
+    return CHUNK_SIZE
 
 
 def _output_path(location: str) -> str | None:
@@ -129,7 +138,8 @@ def handle(ctx) -> int:
     passphrase = read_passphrase(args.passphrase_file, confirm=True)
     options = BackupOptions(passphrase=passphrase, encrypted=encrypted, compressed=compressed,
                             compression_filter=args.compress_filter, hmac_algorithm=args.hmac_algo,
-                            crypto_algorithm=args.enc_algo, tmpdir=args.tmpdir or (
+                            crypto_algorithm=args.enc_algo, chunk_size=_chunk_size(),
+                            tmpdir=args.tmpdir or (
                                 os.path.dirname(os.path.abspath(path)) if path else None))
     plan, xml = _prepare(ctx, hide)
     _write(ctx, path, plan, xml, options)

@@ -1,0 +1,61 @@
+"""Building VMs with real data for backup tests."""
+from __future__ import annotations
+
+import hashlib
+import os
+
+from tests.conftest import run
+
+
+def write_at(path, offset: int, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            h.update(piece)
+    return h.hexdigest()
+
+
+def allocated(path) -> int:
+    return os.stat(path).st_blocks * 512
+
+
+def make_demo_vms(base) -> dict[str, str]:
+    """A template, a NetVM and two AppVMs whose images hold data at several offsets.
+
+    Returns {relative image path: sha256}.
+    """
+    run("qvm-create", "--class", "TemplateVM", "-l", "black", "tpl")
+    run("qvm-create", "-n", "-l", "red", "sys-net")
+    run("qvm-create", "-l", "blue", "work")
+    run("qvm-create", "-l", "green", "personal")
+    seed = 1
+    for rel in ("vm-templates/tpl/root.img", "vm-templates/tpl/private.img",
+                "servicevms/sys-net/private.img", "appvms/work/private.img",
+                "appvms/personal/private.img"):
+        path = base / rel
+        for offset in (0, 5 << 20, 700 << 20, (2 << 30) - 8192):
+            if offset + 8192 <= os.path.getsize(path):
+                write_at(path, offset, (f"{rel}@{offset}:".encode() + os.urandom(4096)) * 2)
+            seed += 1
+    return {rel: sha256_file(base / rel) for rel in _images(base)}
+
+
+def _images(base):
+    out = []
+    for root, _dirs, files in os.walk(base):
+        for name in files:
+            if name.endswith(".img"):
+                out.append(os.path.relpath(os.path.join(root, name), base))
+    return sorted(out)
+
+
+def image_hashes(base) -> dict[str, str]:
+    return {rel: sha256_file(base / rel) for rel in _images(base)}

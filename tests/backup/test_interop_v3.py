@@ -1,0 +1,106 @@
+"""Format 3 against independent peers built from tar, openssl and the compressors.
+
+Our backups must be restored byte-identical by ../shared/peers/emergency-restore-v3;
+backups made by ../shared/peers/make-backup-v3 must be restored byte-identical by us.
+"""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.backup.helpers import allocated, image_hashes, make_demo_vms, sha256_file
+from tests.conftest import peers_or_skip, run
+
+PASS = "correct horse battery staple ✓"
+
+
+@pytest.fixture
+def passfile(tmp_path):
+    p = tmp_path / "pass"
+    p.write_text(PASS + "\n", encoding="utf-8")
+    return p
+
+
+COMBOS = [([], "enc-gzip"), (["--no-compress"], "enc-plain"),
+          (["--no-encrypt"], "clear-gzip"), (["--no-encrypt", "--no-compress"], "clear-plain")]
+
+
+@pytest.mark.parametrize("flags,label", COMBOS, ids=[c[1] for c in COMBOS])
+def test_our_backup_is_read_by_the_emergency_peer(base, tmp_path, passfile, flags, label):
+    peers = peers_or_skip()
+    hashes = make_demo_vms(base)
+    out = tmp_path / "backup.bin"
+    run("qvm-backup", *flags, "--passphrase-file", passfile, out, env={
+        "QUBES_BACKUP_CHUNK_SIZE": str(1 << 20)})
+    restored = tmp_path / "er"
+    proc = subprocess.run([peers / "emergency-restore-v3", "-q", "-p", passfile, out, restored],
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()
+    # map each VM's backup_path to its directory
+    enc = "--no-encrypt" not in flags
+    paths = {"vm-templates/tpl": "vm1", "servicevms/sys-net": "vm2",
+             "appvms/work": "vm3", "appvms/personal": "vm4"}
+    for rel, digest in hashes.items():
+        vmdir, name = rel.rsplit("/", 1)
+        got = restored / (paths[vmdir] if enc else vmdir) / name
+        assert sha256_file(got) == digest, rel
+        assert allocated(got) < 64 << 20, f"{rel} came back without its holes"
+
+
+PEER_VARIANTS = {
+    "enc-gzip": [],
+    "enc-plain": ["--compressed", "False"],
+    "clear-gzip": ["--encrypted", "False"],
+    "clear-plain": ["--encrypted", "False", "--compressed", "False"],
+    "sha256": ["--hmac-algorithm", "SHA256"],
+    "sha1-bzip2": ["--hmac-algorithm", "SHA1", "--compression-filter", "bzip2"],
+    "xz": ["--compression-filter", "xz"],
+    "multichunk": ["--chunk-size", "32768", "--vm", "template:tpl",
+                   "--vm", "app:work:private=3M,data=256K@1M+64K@2M,firewall",
+                   "--vm", "standalone:alone:root=2M,rootdata=64K@1M"],
+}
+
+
+def manifest_files(manifest) -> dict[tuple[str, str], str]:
+    files = {}
+    for line in manifest.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            continue
+        kind, digest, _size, vm, path, _restore = line.split("\t")
+        if kind == "f" and vm not in ("-", "dom0"):
+            files[(vm, path)] = digest
+    return files
+
+
+@pytest.mark.parametrize("variant", list(PEER_VARIANTS))
+def test_peer_backup_is_restored_by_us(base, tmp_path, passfile, variant):
+    peers = peers_or_skip()
+    out = tmp_path / "peer.bin"
+    subprocess.run([peers / "make-backup-v3", "-q", "-p", passfile, *PEER_VARIANTS[variant], out],
+                   check=True, capture_output=True, timeout=300)
+    proc = run("qvm-backup-restore", "--passphrase-file", passfile, out)
+    assert b"Restore completed" in proc.stdout
+    expected = manifest_files(out.with_name("peer.bin.manifest"))
+    listing = run("qvm-ls", "--raw-list").stdout.decode().split()
+    for (vm, path), digest in expected.items():
+        assert vm in listing
+        matches = list(base.glob(f"*/{vm}/{path}"))
+        assert len(matches) == 1, (vm, path)
+        if path.endswith(".img"):
+            assert sha256_file(matches[0]) == digest, (vm, path)
+
+
+def test_demo_roundtrip_and_verify_keep_images(base, tmp_path, passfile, monkeypatch):
+    hashes = make_demo_vms(base)
+    out = tmp_path / "b.bin"
+    run("qvm-backup", "--passphrase-file", passfile, out)
+    before = (base / "qubes.xml").read_bytes()
+    run("qvm-backup-restore", "--verify-only", "--passphrase-file", passfile, out)
+    assert (base / "qubes.xml").read_bytes() == before, "verify-only changed qubes.xml (B54)"
+    target = tmp_path / "second"
+    monkeypatch.setenv("QUBES_BASE_DIR", str(target))
+    run("qvm-init-storage")
+    run("qvm-backup-restore", "--passphrase-file", passfile, out)
+    assert image_hashes(target) == hashes
+    assert not list(target.glob(".restore-*")), "staging directory left behind"

@@ -1,0 +1,44 @@
+"""Shared fixtures: a fresh QUBES_BASE_DIR in offline mode, and command runners."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = ROOT.parent / "shared" / "peers"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def base(tmp_path, monkeypatch):
+    """An initialised, empty collection directory; every command runs offline."""
+    d = tmp_path / "qubes"
+    monkeypatch.setenv("QUBES_BASE_DIR", str(d))
+    monkeypatch.setenv("QUBES_OFFLINE", "1")
+    run("qvm-init-storage")
+    return d
+
+
+def run(cmd: str, *args, check: bool = True, env: dict | None = None, input: bytes | None = None,
+        timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run an installed console script of this project (a real process, as users do)."""
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    proc = subprocess.run([str(BIN / cmd), *map(str, args)], capture_output=True, env=full_env,
+                          input=input, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} {' '.join(map(str, args))} exited {proc.returncode}:\n"
+                             f"{proc.stdout.decode(errors='replace')}\n"
+                             f"{proc.stderr.decode(errors='replace')}")
+    return proc
+
+
+def peers_or_skip() -> Path:
+    if not (PEERS / "emergency-restore-v3").exists():
+        pytest.skip(f"the peer tools are not at {PEERS} (../shared/peers is absent)")
+    return PEERS
