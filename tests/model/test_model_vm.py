@@ -78,8 +78,8 @@ def test_validation_at_set_time(app, prop, value, reason):
 
 
 def test_netvm_loop_refused(app):
+    assert app["fw"].netvm is app["net"]
     with pytest.raises(InvalidValueError, match="loop"):
-        app["net"].collection["fw"].netvm  # fw -> net
         app["fw"].set_prop("netvm", "fw")
 
 

@@ -170,5 +170,9 @@ def _dependency_order(plans: list[VMPlan]) -> list[VMPlan]:
         depth, vm = 0, p.vm
         while vm.HAS_NETVM and vm.netvm is not None and depth < 300:
             vm, depth = vm.netvm, depth + 1
-        return (0 if p.vm.is_template else 1 if p.vm.provides_network else 2, depth, p.vm.qid)
+        if p.vm.is_template:
+            return (0, 0, p.vm.qid)
+        if p.vm.provides_network:
+            return (1, depth, p.vm.qid)
+        return (2, 0, p.vm.qid)
     return sorted(plans, key=rank)
