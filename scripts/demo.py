@@ -7,7 +7,6 @@ sha256 and the qvm-ls listings. Runs offline: no hypervisor is needed.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -20,7 +19,7 @@ OUT = ROOT / "demo-out"
 BIN = Path(sys.executable).parent
 PEERS = ROOT.parent / "shared" / "peers"
 sys.path.insert(0, str(ROOT / "src"))
-from qubes.util.sparse import data_regions  # noqa: E402
+from qubes.util.sparse import sparse_sha256  # noqa: E402
 
 PASSPHRASE = "demo passphrase – not a secret"
 
@@ -48,32 +47,8 @@ def fill(path: Path, size: int, extents: list[int], label: str) -> None:
             f.write(text[: 512 * 1024] + os.urandom(512 * 1024))
 
 
-ZEROS = bytes(1 << 20)
-
-
-def sha256(path: Path) -> str:
-    """The file's sha256; holes are hashed from memory instead of being read."""
-    h = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        size, pos = os.fstat(fd).st_size, 0
-        for offset, length in data_regions(fd, size) + [(size, 0)]:
-            while pos < offset:
-                n = min(len(ZEROS), offset - pos)
-                h.update(ZEROS[:n])
-                pos += n
-            while length:
-                piece = os.pread(fd, min(1 << 20, length), pos)
-                h.update(piece)
-                pos += len(piece)
-                length -= len(piece)
-    finally:
-        os.close(fd)
-    return h.hexdigest()
-
-
 def images(base: Path) -> dict[str, str]:
-    return {str(p.relative_to(base)): sha256(p) for p in sorted(base.rglob("*.img"))}
+    return {str(p.relative_to(base)): sparse_sha256(str(p)) for p in sorted(base.rglob("*.img"))}
 
 
 def build(base: Path) -> None:
@@ -126,7 +101,7 @@ def main() -> int:
         out = OUT / "emergency"
         proc = subprocess.run([PEERS / "emergency-restore-v3", "-q", "-p", passfile, backup, out],
                               capture_output=True, text=True)
-        got = sorted(sha256(p) for p in out.rglob("*.img")) if proc.returncode == 0 else []
+        got = sorted(sparse_sha256(str(p)) for p in out.rglob("*.img")) if proc.returncode == 0 else []
         peer = "images identical" if got == sorted(before.values()) else \
             f"FAILED (exit {proc.returncode}) {proc.stderr[-300:]}"
         print(f"emergency-restore-v3: {peer}")

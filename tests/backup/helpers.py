@@ -1,8 +1,9 @@
 """Building VMs with real data for backup tests."""
 from __future__ import annotations
 
-import hashlib
 import os
+
+from qubes.util.sparse import sparse_sha256
 
 from tests.conftest import run
 
@@ -16,11 +17,7 @@ def write_at(path, offset: int, data: bytes) -> None:
 
 
 def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for piece in iter(lambda: f.read(1 << 20), b""):
-            h.update(piece)
-    return h.hexdigest()
+    return sparse_sha256(str(path))
 
 
 def allocated(path) -> int:

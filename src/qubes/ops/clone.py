@@ -47,8 +47,8 @@ def clone_vm(base_dir: str, host, hypervisor, src_name: str, dst_name: str,
             raise StorageError(f"cannot read the files of '{src.name}' in {src.dir_path}: "
                                f"{describe_os_error(exc)}") from None
         for entry in entries:
-            if entry.is_file(follow_symlinks=False) and entry.name not in SKIP_FILES \
-                    and not entry.name.endswith(".conf"):
+            plain = entry.is_file(follow_symlinks=False) or entry.is_dir(follow_symlinks=False)
+            if plain and entry.name not in SKIP_FILES and not entry.name.endswith(".conf"):
                 images[entry.name] = entry.path
         final_dir = dst.dir_path
     tmp = storage.build_dir(final_dir, images)

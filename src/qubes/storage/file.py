@@ -6,7 +6,7 @@ import shutil
 
 from qubes.errors import StorageError
 from qubes.util.atomicfile import describe_os_error, fsync_dir
-from qubes.util.sparse import copy_sparse, create_sparse
+from qubes.util.sparse import copy_sparse, copy_tree_sparse, create_sparse
 
 GiB = 1024**3
 PRIVATE_IMG_SIZE = 2 * GiB
@@ -21,7 +21,7 @@ def staging_dir(final_dir: str) -> str:
 
 
 def build_dir(final_dir: str, images: dict[str, str | int]) -> str:
-    """Create a staging directory holding `images` (file name -> source path or size).
+    """Create a staging directory holding `images` (name -> source file/dir or a size).
 
     Returns its path; on error nothing is left behind.
     """
@@ -33,6 +33,8 @@ def build_dir(final_dir: str, images: dict[str, str | int]) -> str:
             dst = os.path.join(tmp, filename)
             if isinstance(source, int):
                 create_sparse(dst, source)
+            elif os.path.isdir(source):
+                copy_tree_sparse(source, dst)
             else:
                 copy_sparse(source, dst)
     except OSError as exc:

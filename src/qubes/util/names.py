@@ -15,15 +15,16 @@ def validate_vm_name(untrusted_name: object) -> str:
     if not isinstance(untrusted_name, str) or not untrusted_name:
         raise InvalidNameError(str(untrusted_name or ""), "the name is empty")
     name = untrusted_name
-    shown = name.encode("unicode_escape").decode("ascii")
+    shown = name if name.isprintable() else name.encode("unicode_escape").decode("ascii")
     if not ("a" <= name[0].lower() <= "z" and name[0].isascii()):
         raise InvalidNameError(shown, "it must start with a letter (a-z, A-Z)")
     if not _ALLOWED.fullmatch(name):
         bad = next(c for c in name if not _ALLOWED.fullmatch(c))
+        shown_bad = bad if bad.isprintable() else f"U+{ord(bad):04X}"
         raise InvalidNameError(
             shown,
-            f"character {bad.encode('unicode_escape').decode('ascii')!r} is not allowed; "
-            "use only letters a-z, A-Z, digits, '_' and '-'",
+            f"character '{shown_bad}' is not allowed; use only letters a-z, A-Z, digits, "
+            "'_' and '-'",
         )
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidNameError(

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
+import shutil
 
 _PIECE = 1 << 20
 _UNSUPPORTED_SEEK = {errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
@@ -73,3 +75,44 @@ def create_sparse(path: str, size: int) -> None:
         os.ftruncate(fd, size)
     finally:
         os.close(fd)
+
+
+_ZEROS = bytes(_PIECE)
+
+
+def sparse_sha256(path: str) -> str:
+    """sha256 of a file's contents; holes are hashed from memory instead of read."""
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size, pos = os.fstat(fd).st_size, 0
+        for offset, length in data_regions(fd, size) + [(size, 0)]:
+            while pos < offset:
+                n = min(_PIECE, offset - pos)
+                h.update(_ZEROS[:n])
+                pos += n
+            while length:
+                piece = os.pread(fd, min(_PIECE, length), pos)
+                if not piece:
+                    raise OSError(f"{path}: file shrank while being hashed")
+                h.update(piece)
+                pos += len(piece)
+                length -= len(piece)
+    finally:
+        os.close(fd)
+    return h.hexdigest()
+
+
+def copy_tree_sparse(src: str, dst: str) -> None:
+    """Copy a directory tree; regular files keep their holes, links are copied as links."""
+    os.mkdir(dst, os.stat(src).st_mode & 0o7777)
+    for entry in os.scandir(src):
+        target = os.path.join(dst, entry.name)
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry.path), target)
+        elif entry.is_dir():
+            copy_tree_sparse(entry.path, target)
+        elif entry.is_file():
+            copy_sparse(entry.path, target)
+        else:
+            shutil.copy(entry.path, target)

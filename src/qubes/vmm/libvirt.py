@@ -45,19 +45,25 @@ class LibvirtHypervisor:
         return self._conn
 
     def domain_states(self, names: Iterable[str]) -> dict[str, DomainInfo]:
+        """One listing call; a domain that vanishes meanwhile counts as halted (B78)."""
         wanted = set(names)
         result = {name: DomainInfo(DomainState.HALTED) for name in wanted}
+        conn = self.conn
+        error = self._libvirt.libvirtError
         try:
-            domains = self.conn.listAllDomains(0)
-            for dom in domains:
+            domains = conn.listAllDomains(0)
+        except error as exc:
+            raise VMMError(f"listing domains failed: {exc.get_error_message()}") from None
+        for dom in domains:
+            try:
                 name = dom.name()
                 if name not in wanted or not dom.isActive():
                     continue
                 state, _maxmem, mem, _ncpu, cputime = dom.info()
                 result[name] = DomainInfo(_STATE_MAP.get(state, DomainState.NA), dom.ID(),
                                           mem, cputime)
-        except self._libvirt.libvirtError as exc:
-            raise VMMError(f"listing domains failed: {exc.get_error_message()}") from None
+            except error:
+                continue
         return result
 
     def host_memory_mb(self) -> int:

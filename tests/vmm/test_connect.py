@@ -1,0 +1,45 @@
+"""The hypervisor seam: lazy, offline mode refuses, libvirt's test driver answers states."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from qubes import vmm
+from qubes.errors import OfflineError, VMMError
+from qubes.vmm.base import DomainState
+
+
+def test_import_and_connect_do_not_touch_libvirt():
+    code = ("import sys, qubes.vmm; h = qubes.vmm.connect(offline=False, uri='test:///default');"
+            "print('libvirt' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_offline_answers_halted_and_refuses_runtime(monkeypatch):
+    monkeypatch.setenv("QUBES_OFFLINE", "1")
+    hv = vmm.connect()
+    assert hv.offline
+    assert hv.domain_states(["a"])["a"].state is DomainState.HALTED
+    with pytest.raises(OfflineError, match="VMM operations disabled in offline mode"):
+        hv.host_cpus()
+
+
+def test_libvirt_test_driver_states_in_one_listing(monkeypatch):
+    pytest.importorskip("libvirt")
+    monkeypatch.delenv("QUBES_OFFLINE", raising=False)
+    hv = vmm.connect(offline=False, uri="test:///default")
+    states = hv.domain_states(["test", "absent"])
+    assert states["test"].state is DomainState.RUNNING and states["test"].xid > 0
+    assert states["absent"].state is DomainState.HALTED
+    assert hv.host_cpus() > 0 and hv.host_memory_mb() > 0
+    hv.close()
+
+
+def test_unreachable_hypervisor_is_a_clear_error(monkeypatch):
+    pytest.importorskip("libvirt")
+    hv = vmm.connect(offline=False, uri="qemu+unix:///system?socket=/nonexistent/sock")
+    with pytest.raises(VMMError, match="cannot connect to the hypervisor at qemu"):
+        hv.domain_states(["x"])
