@@ -5,11 +5,14 @@ backups made by ../shared/peers/make-backup-v3 must be restored byte-identical b
 """
 from __future__ import annotations
 
+import os
 import subprocess
+import tarfile
 
 import pytest
 
-from tests.backup.helpers import allocated, image_hashes, make_demo_vms, sha256_file
+from tests.backup.helpers import (allocated, image_hashes, make_demo_vms, sha256_file,
+                                  write_at)
 from tests.conftest import peers_or_skip, run
 
 PASS = "correct horse battery staple ✓"
@@ -29,10 +32,15 @@ COMBOS = [([], "enc-gzip"), (["--no-compress"], "enc-plain"),
 @pytest.mark.parametrize("flags,label", COMBOS, ids=[c[1] for c in COMBOS])
 def test_our_backup_is_read_by_the_emergency_peer(base, tmp_path, passfile, flags, label):
     peers = peers_or_skip()
-    hashes = make_demo_vms(base)
+    make_demo_vms(base)
+    write_at(base / "appvms/work/private.img", 10 << 20, os.urandom(3 << 20))  # > 3 chunks
+    hashes = image_hashes(base)
     out = tmp_path / "backup.bin"
     run("qvm-backup", *flags, "--passphrase-file", passfile, out, env={
         "QUBES_BACKUP_CHUNK_SIZE": str(1 << 20)})
+    names = subprocess.run(["tar", "-i", "-tf", out], capture_output=True, text=True).stdout
+    work = "vm3" if "--no-encrypt" not in flags else "appvms/work"
+    assert f"{work}/private.img.003\n{work}/private.img.003.hmac" in names
     restored = tmp_path / "er"
     proc = subprocess.run([peers / "emergency-restore-v3", "-q", "-p", passfile, out, restored],
                           capture_output=True, timeout=300)
@@ -104,3 +112,24 @@ def test_demo_roundtrip_and_verify_keep_images(base, tmp_path, passfile, monkeyp
     run("qvm-backup-restore", "--passphrase-file", passfile, out)
     assert image_hashes(target) == hashes
     assert not list(target.glob(".restore-*")), "staging directory left behind"
+
+
+def test_stream_of_exact_chunk_multiple_has_no_empty_tail(base, tmp_path, passfile):
+    """B21a: k whole chunks, not k + 1 with an empty one; still restorable by the peer."""
+    peers = peers_or_skip()
+    make_demo_vms(base)
+    out = tmp_path / "probe.bin"
+    run("qvm-backup", "--no-encrypt", "--no-compress", "--passphrase-file", passfile, out, "tpl",
+        env={"QUBES_BACKUP_CHUNK_SIZE": str(1 << 30)})
+    with tarfile.open(out, ignore_zeros=True) as tf:
+        stream = next(m.size for m in tf if m.name == "vm-templates/tpl/..000")
+    assert stream % 10240 == 0  # an uncompressed tar stream: whole records
+    out2 = tmp_path / "exact.bin"
+    run("qvm-backup", "--no-encrypt", "--no-compress", "--passphrase-file", passfile, out2, "tpl",
+        env={"QUBES_BACKUP_CHUNK_SIZE": str(stream // 2)})
+    with tarfile.open(out2, ignore_zeros=True) as tf:
+        names = [m.name for m in tf if not m.name.endswith(".hmac")]
+    assert names[-2:] == ["vm-templates/tpl/..000", "vm-templates/tpl/..001"]
+    proc = subprocess.run([peers / "emergency-restore-v3", "-q", "-p", passfile, out2,
+                           tmp_path / "er"], capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()

@@ -191,7 +191,13 @@ def register(app, plans: list[VMPlan], staging: str, reporter: Reporter,
     Returns the directories moved in, so the caller can undo them if the save fails.
     """
     moved = []
+    failed = {p.name for p in plans if p.failed}
     for plan in plans:
+        if not plan.failed and plan.template in failed:
+            plan.failed = f"its template '{plan.template}' was not restored"
+            failed.add(plan.name)
+            result.failed[plan.name] = plan.failed
+            reporter.problem(Problem("register", plan.failed, plan.name))
         if plan.failed:
             continue
         try:
@@ -209,6 +215,7 @@ def register(app, plans: list[VMPlan], staging: str, reporter: Reporter,
             if app.get(plan.name) is not None:
                 app.remove(app[plan.name])
             plan.failed = cause
+            failed.add(plan.name)
             result.failed[plan.name] = cause
             reporter.problem(Problem("register", cause, plan.name))
     return moved
