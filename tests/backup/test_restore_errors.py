@@ -95,7 +95,9 @@ def test_truncated_backup_fails_the_cut_vm(base, tmp_path, passfile):
     assert "truncated" in err and "tpl" in err
     names = listing(base)
     assert "tpl" not in names
-    # work and other need tpl: they must not be registered either way without it
+    # work and other need tpl: without it they are not registered either
+    assert "work" not in names and "other" not in names
+    assert "template 'tpl' was not restored" in err
     assert not (base / "vm-templates" / "tpl").exists()
 
 

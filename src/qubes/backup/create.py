@@ -16,6 +16,7 @@ from qubes.backup.report import Reporter
 from qubes.backup.selection import BackupPlan, Item
 from qubes.backup.tarwriter import TarWriter
 from qubes.errors import QubesError
+from qubes.util.atomicfile import describe_os_error
 
 
 @dataclass(frozen=True)
@@ -80,26 +81,32 @@ def _add_tree(tar: TarWriter, root: str, arcroot: str) -> None:
         # dangling links and special files carry no VM data: left out
 
 
-def _write_item(writer: OuterWriter, item: Item, options: BackupOptions, on_input) -> None:
+def _write_stream(writer: OuterWriter, item: Item, options: BackupOptions, on_input,
+                  add) -> None:
+    """One inner archive through the pipeline; `add(tar)` puts the members in."""
     sink = ChunkSink(writer, item.name, hmac_algorithm=options.hmac_algorithm,
                      key=options.passphrase, chunk_size=options.chunk_size,
                      tmpdir=options.tmpdir)
     pipeline = _ItemPipeline(sink, options, on_input)
     tar = TarWriter(pipeline.write)
     try:
+        add(tar)
+        tar.close()
+        pipeline.close()
+    except OSError as exc:  # output errors arrive as BackupOutputError: this is a read
+        raise QubesError(f"VM '{item.vm}': cannot read {exc.filename or item.source}: "
+                         f"{describe_os_error(exc)}") from None
+    finally:
+        sink.abort()
+
+
+def _add_item(item: Item):
+    def add(tar: TarWriter) -> None:
         if os.path.isdir(item.source):
             _add_tree(tar, item.source, item.name.rstrip("/"))
         else:
             tar.add_file(item.source, item.name)
-        tar.close()
-        pipeline.close()
-    except OSError as exc:
-        sink.abort()
-        raise QubesError(f"VM '{item.vm}': cannot read {exc.filename or item.source}: "
-                         f"{exc.strerror or exc}") from None
-    except BaseException:
-        sink.abort()
-        raise
+    return add
 
 
 def write_backup(out: BinaryIO, plan: BackupPlan, qubes_xml: bytes, options: BackupOptions,
@@ -120,21 +127,11 @@ def write_backup(out: BinaryIO, plan: BackupPlan, qubes_xml: bytes, options: Bac
         done += n
         reporter.progress(min(done, total), total)
 
-    xml_item = Item("", "", "", "qubes.xml")
-    _write_xml(writer, xml_item, qubes_xml, options)
+    xml_item = Item("", "qubes.xml", "", "qubes.xml")
+    _write_stream(writer, xml_item, options, lambda n: None,
+                  lambda tar: tar.add_bytes("qubes.xml", qubes_xml))
     for item in plan.items:
-        _write_item(writer, item, options, on_input)
+        _write_stream(writer, item, options, on_input, _add_item(item))
     out.flush()
     reporter.progress(total, total)
     return writer.written
-
-
-def _write_xml(writer: OuterWriter, item: Item, data: bytes, options: BackupOptions) -> None:
-    sink = ChunkSink(writer, item.name, hmac_algorithm=options.hmac_algorithm,
-                     key=options.passphrase, chunk_size=max(options.chunk_size, 2 << 20),
-                     tmpdir=options.tmpdir)
-    pipeline = _ItemPipeline(sink, options, lambda n: None)
-    tar = TarWriter(pipeline.write)
-    tar.add_bytes("qubes.xml", data)
-    tar.close()
-    pipeline.close()

@@ -14,6 +14,8 @@ May import: the standard library and ``cryptography``.
 
 from __future__ import annotations
 
+from qubes.backup.format import HMAC_FILE_MAX
+
 import hashlib
 import hmac
 import os
@@ -26,7 +28,6 @@ SALT_MAGIC = b"Salted__"
 SALT_SIZE = 8
 HEADER_SIZE = len(SALT_MAGIC) + SALT_SIZE  # 16
 BLOCK_SIZE = 16
-HMAC_FILE_MAX = 4096
 
 #: ``crypto-algorithm`` header values we implement -> key length in bytes.
 CIPHERS = {

@@ -12,6 +12,10 @@ class BackupError(QubesError):
         self.member = member
 
 
+class BackupOutputError(BackupError):
+    """The destination (or the temporary space) could not take the backup."""
+
+
 class WrongPassphraseError(BackupError):
     def __init__(self) -> None:
         super().__init__("backup-header: HMAC verification failed with every algorithm: "

@@ -12,7 +12,9 @@ from typing import BinaryIO
 
 from qubes.backup import crypto
 from qubes.backup.format import chunk_name, hmac_name
+from qubes.backup.errors import BackupOutputError
 from qubes.backup.tarwriter import outer_member_header, outer_member_trailer
+from qubes.util.atomicfile import describe_os_error
 
 COPY_PIECE = 1 << 20
 
@@ -26,7 +28,10 @@ class OuterWriter:
         self.mtime = int(time.time())
 
     def _write(self, data: bytes) -> None:
-        self.out.write(data)
+        try:
+            self.out.write(data)
+        except OSError as exc:
+            raise BackupOutputError(f"cannot write the backup: {describe_os_error(exc)}") from None
         self.written += len(data)
 
     def add_bytes(self, name: str, data: bytes) -> None:
@@ -70,6 +75,16 @@ class ChunkSink:
         self._fill = 0
 
     def write(self, data: bytes) -> None:
+        try:
+            self._write(data)
+        except OSError as exc:
+            self.abort()
+            where = self.tmpdir or tempfile.gettempdir()
+            raise BackupOutputError(f"cannot write a temporary chunk in {where}: "
+                                    f"{describe_os_error(exc)} (choose another place with "
+                                    "--tmpdir)") from None
+
+    def _write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             if self._file is None:
@@ -90,17 +105,16 @@ class ChunkSink:
         self.writer.add_bytes(hmac_name(name), crypto.format_hmac_file(self._mac.hexdigest()))
         self._file.close()
         self._file = None
+        self._fill = 0
         self.chunks.append(name)
         self.index += 1
 
     def close(self) -> None:
         """Emit the last, partial chunk (no empty tail chunk: CASES.md B21a)."""
-        if self._file is not None and (self._fill or not self.chunks):
+        if self._fill or not self.chunks:
+            if self._file is None:
+                self._open()
             self._emit()
-        elif self._file is None and not self.chunks:
-            self._open()
-            self._emit()
-        self.abort()
 
     def abort(self) -> None:
         if self._file is not None:

@@ -15,10 +15,12 @@ from typing import BinaryIO
 from qubes.backup import crypto
 from qubes.backup.errors import BackupError, WrongPassphraseError
 from qubes.backup.format import HEADER_MAX, HEADER_NAME, HMAC_FILE_MAX, hmac_name
+from qubes.util.atomicfile import describe_os_error
 
 _COMPONENT = re.compile(r"[A-Za-z0-9._+-]+")
 PIECE = 1 << 20
-HMAC_ORDER = ("SHA512", "SHA384", "SHA256", "SHA224", "SHA1", "MD5")
+MAX_CHUNK = 1 << 30  # the writers cut 100 MiB; anything far larger is refused, not spooled
+HMAC_ORDER = tuple(crypto.HMAC_ALGORITHMS)  # SHA512 first: the default
 
 
 def check_member_name(untrusted_name: str) -> str:
@@ -149,14 +151,24 @@ class VerifiedChunk:
                  tmpdir: str | None, keep: bool):
         self.name = member.name
         self.size = member.size
+        if member.size > MAX_CHUNK:
+            raise BackupError(f"archive member '{member.name}' is {member.size} bytes; chunks "
+                              f"of more than {MAX_CHUNK} bytes are refused", member.name)
         mac = crypto.new_hmac(algorithm, key)
-        self.file = tempfile.TemporaryFile(dir=tmpdir, prefix="qubes-restore-") if keep else None
+        self.file = None
         try:
+            if keep:
+                self.file = tempfile.TemporaryFile(dir=tmpdir, prefix="qubes-restore-")
             for piece in reader.pieces(member):
                 mac.update(piece)
                 if self.file is not None:
                     self.file.write(piece)
             expected = read_hmac(reader, member.name)
+        except OSError as exc:
+            self.close()
+            where = tmpdir or tempfile.gettempdir()
+            raise BackupError(f"cannot keep chunk '{member.name}' ({member.size} bytes) in "
+                              f"{where}: {describe_os_error(exc)}", member.name) from None
         except BaseException:
             self.close()
             raise

@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-STAGES = ("select", "retrieve", "authenticate", "decrypt", "decompress", "untar", "write",
-          "register", "space")
 
 
 @dataclass(frozen=True)

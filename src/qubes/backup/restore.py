@@ -9,18 +9,16 @@ a VM registered in qubes.xml only after all of its data is in place.
 """
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from qubes.backup import compress, crypto
 from qubes.backup.errors import BackupError
 from qubes.backup.extract import InnerExtractor, ItemDecoder
-from qubes.backup.format import QUBES_XML_MAX, HeaderError, parse_header, split_chunk_name
-from qubes.backup.reader import OuterReader, VerifiedChunk, authenticate_header, read_hmac
-from qubes.backup.report import Problem, Reporter
+from qubes.backup.format import QUBES_XML_MAX, HeaderError, parse_header
+from qubes.backup.reader import OuterReader, authenticate_header, read_hmac
+from qubes.backup.report import Problem
 from qubes.errors import QubesError
 
 _BACKUP_PATH = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
@@ -125,6 +123,21 @@ def backed_up_vms(collection) -> list:
     return [vm for vm in collection if vm.backup_content and not vm.is_adminvm]
 
 
+def check_backup_paths(vms) -> None:
+    """Safe, distinct, not nested: each item then belongs to exactly one VM."""
+    seen: dict[str, str] = {}
+    for vm in vms:
+        path = vm.backup_path
+        if not _BACKUP_PATH.fullmatch(path) or {".", ".."} & set(path.split("/")) \
+                or path.startswith("dom0-home"):
+            raise BackupError(f"VM '{vm.name}': unsafe backup_path '{path}' in qubes.xml")
+        for other, owner in seen.items():
+            if path == other or path.startswith(other + "/") or other.startswith(path + "/"):
+                raise BackupError(f"VMs '{owner}' and '{vm.name}' have overlapping backup paths "
+                                  f"'{other}' and '{path}' in qubes.xml")
+        seen[path] = vm.name
+
+
 def make_plan(source: BackupSource, target, options: RestoreOptions) -> list[VMPlan]:
     """Decide which VMs come back and with which template/netvm; raise on any conflict."""
     candidates = {vm.name: vm for vm in backed_up_vms(source.collection)}
@@ -133,11 +146,10 @@ def make_plan(source: BackupSource, target, options: RestoreOptions) -> list[VMP
     if unknown:
         raise QubesError(f"not in this backup: {', '.join(unknown)} "
                          f"(the backup holds: {', '.join(candidates) or 'no VM'})")
+    check_backup_paths(list(candidates.values()))
     plans, problems = [], []
     for name in names:
         vm = candidates[name]
-        if not _BACKUP_PATH.fullmatch(vm.backup_path) or ".." in vm.backup_path.split("/"):
-            raise BackupError(f"VM '{name}': unsafe backup_path '{vm.backup_path}' in qubes.xml")
         plan = VMPlan(name, vm, vm.backup_path)
         plan.template = vm.template.name if vm.template is not None else None
         plan.netvm_default = vm.is_default("netvm")

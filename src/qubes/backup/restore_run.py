@@ -11,7 +11,8 @@ from qubes.backup.extract import InnerExtractor
 from qubes.backup.format import split_chunk_name
 from qubes.backup.reader import VerifiedChunk
 from qubes.backup.report import Problem, Reporter
-from qubes.backup.restore import BackupSource, RestoreOptions, RestoreResult, VMPlan
+from qubes.backup.restore import (BackupSource, RestoreOptions, RestoreResult, VMPlan,
+                                  backed_up_vms)
 from qubes.errors import QubesError
 from qubes.util.atomicfile import describe_os_error
 
@@ -24,8 +25,9 @@ NOT_COPIED = {"qid", "uuid", "name", "dir_path", "conf_file", "root_img", "priva
 
 
 class _OpenItem:
-    def __init__(self, name: str, plan: VMPlan | None, decoder, extractor):
+    def __init__(self, name: str, vm_name: str, plan: VMPlan | None, decoder, extractor):
         self.name = name
+        self.vm_name = vm_name
         self.plan = plan
         self.decoder = decoder
         self.extractor = extractor
@@ -40,7 +42,7 @@ class DataPass:
                  options: RestoreOptions, reporter: Reporter):
         self.source = source
         self.plans = {p.path: p for p in plans}
-        self.all_paths = {vm.backup_path: vm.name for vm in _backed_up(source)}
+        self.all_paths = {vm.backup_path: vm.name for vm in backed_up_vms(source.collection)}
         self.staging = staging
         self.options = options
         self.reporter = reporter
@@ -54,14 +56,13 @@ class DataPass:
         self.reporter.problem(p)
 
     def _plan_for(self, item_name: str) -> tuple[VMPlan | None, str | None]:
+        """The VM an item belongs to: its backup_path is the item name minus the last part."""
         if item_name.startswith(DOM0_HOME_PREFIX):
             self.reporter.warning(f"item '{item_name}' (dom0 home) is authenticated but not "
                                   "restored: restoring dom0 home is not supported yet")
             return None, "dom0"
-        for path, vm_name in self.all_paths.items():
-            if item_name.startswith(path + "/"):
-                return self.plans.get(path), vm_name
-        return None, None
+        path = item_name.rsplit("/", 1)[0] if "/" in item_name else None
+        return self.plans.get(path), self.all_paths.get(path)
 
     def run(self) -> None:
         reader = self.source.reader
@@ -72,7 +73,7 @@ class DataPass:
                     break
                 self._chunk(member)
         except BackupError as exc:
-            vm = self.item.plan.name if self.item and self.item.plan else None
+            vm = self.item.vm_name if self.item else None
             self.problem("retrieve", str(exc), vm, exc.member)
             if self.item is not None:
                 self._fail_item(self.item, "retrieve", "the rest of the item is missing")
@@ -94,7 +95,7 @@ class DataPass:
         item.next_index += 1
         keep = item.decoder is not None and not item.failed
         chunk = VerifiedChunk(self.source.reader, member, self.source.hmac_algorithm,
-                              self.source.passphrase, self.options.tmpdir, keep)
+                              self.source.passphrase, self.options.tmpdir or self.staging, keep)
         try:
             if not chunk.authentic:
                 self._fail_item(item, "authenticate", f"member '{member.name}': HMAC "
@@ -120,7 +121,7 @@ class DataPass:
             extractor = InnerExtractor(base, subdir, dest)
             decoder = self.source.decoder(extractor)
             plan.items.append(base[len(subdir):])
-        self.item = _OpenItem(base, plan, decoder, extractor)
+        self.item = _OpenItem(base, vm_name, plan, decoder, extractor)
 
     def _decode(self, item: _OpenItem, chunk: VerifiedChunk) -> None:
         try:
@@ -132,8 +133,7 @@ class DataPass:
     def _fail_item(self, item: _OpenItem, stage: str, cause: str, member=None) -> None:
         if not item.failed:
             item.failed = True
-            name = item.plan.name if item.plan else self.all_paths.get(item.name.split("/")[0])
-            self.problem(stage, cause, name, member or item.name)
+            self.problem(stage, cause, item.vm_name, member or item.name)
             if item.plan is not None:
                 item.plan.failed = item.plan.failed or cause
             if item.extractor is not None:
@@ -152,10 +152,6 @@ class DataPass:
             item.failed = True
             self.problem(item.decoder.stage, str(exc), item.plan.name, item.name)
             item.plan.failed = item.plan.failed or str(exc)
-
-
-def _backed_up(source: BackupSource):
-    return [vm for vm in source.collection if vm.backup_content and not vm.is_adminvm]
 
 
 def required_items(vm) -> list[str]:

@@ -1,14 +1,14 @@
 """Which VMs and which files go into a backup (BACKUP-FORMAT.md §3, §4.1).
 
-Pure: works on model objects and paths; the caller checks running state
-and disk space.
+Works on model objects; it only looks at which files exist and their
+allocated sizes. The caller checks running state and disk space.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
-from qubes.errors import QubesError
+from qubes.errors import NoSuchVMError, QubesError
 from qubes.util.sizes import disk_usage
 
 
@@ -84,7 +84,7 @@ def make_plan(app, names: list[str] | None, exclude: list[str], hide_names: bool
         for name in names:
             vm = app.get(name)
             if vm is None:
-                raise QubesError(f"A VM with the name '{name}' does not exist in the system.")
+                raise NoSuchVMError(name)
             if vm.is_adminvm or vm.is_disposablevm:
                 raise QubesError(f"'{name}' cannot be backed up as a VM")
             vms.append(vm)
@@ -92,7 +92,7 @@ def make_plan(app, names: list[str] | None, exclude: list[str], hide_names: bool
         vms = default_selection(app)
     for name in exclude:
         if app.get(name) is None:
-            raise QubesError(f"A VM with the name '{name}' does not exist in the system.")
+            raise NoSuchVMError(name)
     vms = [vm for vm in vms if vm.name not in exclude]
     if not vms:
         raise QubesError("No VMs selected for backup")

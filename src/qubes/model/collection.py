@@ -24,6 +24,15 @@ class VMCollection:
         self.clockvm: QubesVM | None = None
         self.default_kernel: str | None = None
         self.warnings: list[str] = []
+        self._rollback: list = []
+
+    def on_rollback(self, undo) -> None:
+        """Register `undo()` to run if the transaction changing this collection fails."""
+        self._rollback.append(undo)
+
+    def rollback(self) -> None:
+        while self._rollback:
+            self._rollback.pop()()
 
     # --- mapping --------------------------------------------------------------
     def __iter__(self):
@@ -144,18 +153,6 @@ class VMCollection:
     # --- lookups --------------------------------------------------------------
     def vms_based_on(self, template: QubesVM) -> list[QubesVM]:
         return [vm for vm in self if vm.template is template]
-
-    def vms_connected_to(self, netvm: QubesVM) -> list[QubesVM]:
-        """Transitive: clients of clients count."""
-        found, frontier = [], [netvm]
-        while frontier:
-            current = frontier.pop()
-            for vm in self:
-                if vm is not netvm and vm.netvm is current and vm not in found:
-                    found.append(vm)
-                    if vm.provides_network:
-                        frontier.append(vm)
-        return found
 
     # --- globals --------------------------------------------------------------
     def set_global(self, name: str, untrusted_value) -> None:

@@ -12,7 +12,7 @@ class HostInfo(Protocol):
 
 
 class FixedHost:
-    """A host with given figures (tests, and restore into a collection file)."""
+    """A host with given figures (tests and scripts that must not depend on this machine)."""
 
     def __init__(self, memory_total_mb: int = 16384, cpus: int = 4, kernels=()):
         self.memory_total_mb = memory_total_mb

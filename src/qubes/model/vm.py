@@ -124,14 +124,25 @@ def _convert_mac(_vm, value):
     return value.upper()
 
 
+MAX_LITERAL = 16384
+
+
+def parse_literal(untrusted: str, what: str):
+    """A Python literal from qubes.xml or the command line; never `eval`, bounded cost."""
+    if len(untrusted) > MAX_LITERAL:
+        raise ValueError(f"{what} is longer than {MAX_LITERAL} characters")
+    try:
+        return ast.literal_eval(untrusted)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        shown = untrusted if len(untrusted) <= 60 else untrusted[:57] + "..."
+        raise ValueError(f"'{shown}' is not {what}") from None
+
+
 def check_pcidevs(_vm, value) -> list[str]:
     if isinstance(value, str):
         text = value.strip()
         if "[" in text:
-            try:
-                value = ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                raise ValueError(f"'{text}' is not a list of PCI devices") from None
+            value = parse_literal(text, "a list of PCI devices")
         else:
             value = [v.strip() for v in text.split(",") if v.strip()]
     if not isinstance(value, (list, tuple)):
@@ -144,10 +155,7 @@ def check_pcidevs(_vm, value) -> list[str]:
 
 def check_services(_vm, value) -> dict[str, bool]:
     if isinstance(value, str):
-        try:
-            value = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            raise ValueError(f"'{value}' is not a dictionary of services") from None
+        value = parse_literal(value, "a dictionary of services")
     if not isinstance(value, dict):
         raise ValueError("services must be a dictionary of name: True/False")
     for name, on in value.items():
@@ -175,10 +183,6 @@ def convert_timezone(_vm, value):
     if text == "localtime" or re.fullmatch(r"-?[0-9]+", text):
         return text
     raise ValueError(f"'{value}' is not 'localtime' or an offset in seconds")
-
-
-def _convert_backup_path(_vm, value):
-    return to_str(_vm, value)
 
 
 def _optional_timestamp(_vm, value):
@@ -247,7 +251,7 @@ class QubesVM(PropertyHolder):
     autostart = Property(default=False, convert=to_bool)
     backup_content = Property(default=False, convert=to_bool)
     backup_size = Property(default=0, convert=non_negative_int)
-    backup_path = Property(default="", convert=_convert_backup_path)
+    backup_path = Property(default="", convert=to_str)
     backup_timestamp = Property(default=None, convert=_optional_timestamp)
 
     def __init__(self, collection, qid: int, name: str):

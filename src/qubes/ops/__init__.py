@@ -7,11 +7,16 @@ half-made VM behind on failure.
 from __future__ import annotations
 
 from qubes.errors import QubesError
+from qubes.vmm.base import DomainState
 
 
-def ensure_halted(hypervisor, vms, action: str) -> None:
-    """Refuse `action` if any of `vms` runs (one bulk state query)."""
+def ensure_halted(hypervisor, vms, action: str, message: str | None = None) -> None:
+    """Refuse `action` unless every one of `vms` is halted (one bulk state query).
+
+    Paused, crashed or suspended domains still hold their disks: they count as live.
+    """
     states = hypervisor.domain_states([vm.name for vm in vms])
-    running = [vm.name for vm in vms if states[vm.name].state.is_running]
-    if running:
-        raise QubesError(f"Cannot {action} a running VM ({', '.join(running)}), stop it first")
+    live = [vm.name for vm in vms if states[vm.name].state is not DomainState.HALTED]
+    if live:
+        raise QubesError(message or
+                         f"Cannot {action} a running VM ({', '.join(live)}), stop it first")

@@ -41,9 +41,11 @@ def rename_vm(app, hypervisor, vm, untrusted_new_name: str) -> None:
     new_dir = vm.dir_path
     if os.path.isdir(old_dir):
         storage.move_dir(old_dir, new_dir)
+        app.on_rollback(lambda: storage.move_dir(new_dir, old_dir))
         moved_conf = os.path.join(new_dir, os.path.basename(old_conf))
         if vm.is_default("conf_file") and os.path.exists(moved_conf):
             os.rename(moved_conf, vm.conf_file)
+            app.on_rollback(lambda: os.rename(vm.conf_file, moved_conf))
     elif os.path.lexists(new_dir):
         vm.name = old_name
         raise QubesError(f"{new_dir} already exists")

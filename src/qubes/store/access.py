@@ -55,8 +55,12 @@ def modify_collection(base_dir: str, host=None):
     path = store_path(base_dir)
     with locked(path, exclusive=True) as lock:
         app = _load(path, base_dir, host)
-        yield app
-        save(app, path, lock)
+        try:
+            yield app
+            save(app, path, lock)
+        except BaseException:
+            app.rollback()  # e.g. move a renamed VM's directory back
+            raise
 
 
 def save(app, path: str, lock=None) -> None:

@@ -134,25 +134,26 @@ class _Loader:
             raise ValueError(f"template qid {tqid} is not a loaded {vm.TEMPLATE_TYPE}")
         vm.set_raw("template", template)
 
-    def _set(self, vm, prop: str, raw: str) -> None:
+    def _set(self, vm, prop: str, raw: str, *, keep_default: bool = False) -> None:
+        """Set a loaded value; with `keep_default` a value equal to the default stays default."""
         try:
             value = vm.get_property(prop).check(vm, raw)
         except QubesError as exc:
             self.warn(f"VM '{vm.name}': {exc}; using the default")
             return
-        if value != getattr(vm, prop):
+        if not (keep_default and value == getattr(vm, prop)):
             vm.set_raw(prop, value)
 
     def _attributes(self, vm, el) -> None:
         attrs = el.attrib
         if "dir_path" in attrs and not vm.is_disposablevm and not vm.is_adminvm:
-            self._set(vm, "dir_path", attrs["dir_path"])
+            self._set(vm, "dir_path", attrs["dir_path"], keep_default=True)
         for name in PATH_ATTRS:
             raw = attrs.get(name)
             if name == "root_img" and vm.template is not None:
                 continue  # a template-based VM always uses its template's root
             if not _is_none(raw) and not vm.is_adminvm and not vm.is_disposablevm:
-                self._set(vm, name, os.path.join(vm.dir_path, raw))
+                self._set(vm, name, os.path.join(vm.dir_path, raw), keep_default=True)
         for name in _SIMPLE:
             raw = attrs.get(name)
             if raw is None or not vm.has_property(name):

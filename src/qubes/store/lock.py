@@ -116,7 +116,6 @@ class locked:
         self.path = os.path.abspath(path)
         self.exclusive = exclusive
         self.lock: StoreLock | None = None
-        self.owned = False
 
     def __enter__(self) -> StoreLock | None:
         held = _HELD.get(self.path)
@@ -134,7 +133,7 @@ class locked:
             return None  # reader: atomic saves make an unlocked read safe
         lock.depth = 1
         _HELD[self.path] = lock
-        self.lock, self.owned = lock, True
+        self.lock = lock
         return lock
 
     def __exit__(self, *exc) -> None:

@@ -20,7 +20,7 @@ from qubes.tools._backup_common import add_common_options, confirm, read_passphr
 from qubes.util.atomicfile import describe_os_error
 from qubes.util.sizes import size_to_human
 
-HMACS = ("SHA512", "SHA384", "SHA256", "SHA224", "SHA1", "MD5")
+HMACS = tuple(crypto.HMAC_ALGORITHMS)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ import time
 
 from qubes.errors import (ExitCode, InvalidValueError, NoSuchPropertyError,
                           PropertyNotAvailableError, QubesError, ReadOnlyPropertyError)
+from qubes.ops import ensure_halted
 from qubes.store.access import modify_collection, read_collection
 from qubes.tools import _cli
 
@@ -231,9 +232,7 @@ def _set_kernel(_ctx, _app, vm, prop, value):
 
 
 def _ensure_halted(ctx, vm, message: str) -> None:
-    info = ctx.hypervisor.domain_states([vm.name]).get(vm.name)
-    if info is not None and info.state.is_running:
-        raise QubesError(message)
+    ensure_halted(ctx.hypervisor, [vm], "change", message)
 
 
 def _set_template(ctx, _app, vm, prop, value):
@@ -269,7 +268,6 @@ _SETTERS = {
     "mac": _set_or_reset("auto"), "template": _set_template, "pcidevs": _set_pcidevs,
     "name": _set_name, "drive": _set_drive,
 }
-assert set(_SETTERS) == set(SETTABLE)
 
 
 def check_settable(vm, prop: str) -> None:

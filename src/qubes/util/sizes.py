@@ -19,18 +19,6 @@ def parse_size(untrusted: str) -> int:
     raise ValueError(f"Invalid size: {untrusted}.")
 
 
-def bytes_to_kmg(n: int) -> str:
-    if n <= 1024:
-        return "%d B" % n
-    k = n // 1024
-    if k <= 1024:
-        return "%d KiB" % k
-    m = k // 1024
-    if m <= 1024:
-        return "%d MiB" % m
-    return "%d GiB" % (m // 1024)
-
-
 def size_to_human(n: int) -> str:
     if n < 1024:
         return str(n)

@@ -62,8 +62,10 @@ class LibvirtHypervisor:
                 state, _maxmem, mem, _ncpu, cputime = dom.info()
                 result[name] = DomainInfo(_STATE_MAP.get(state, DomainState.NA), dom.ID(),
                                           mem, cputime)
-            except error:
-                continue
+            except error as exc:
+                if exc.get_error_code() == self._libvirt.VIR_ERR_NO_DOMAIN:
+                    continue  # vanished since the listing (B78)
+                raise VMMError(f"reading domain state failed: {exc.get_error_message()}") from None
         return result
 
     def host_memory_mb(self) -> int:
