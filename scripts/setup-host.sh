@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(tar gzip bzip2 xz-utils openssl scrypt coreutils
-              libvirt-dev pkg-config gcc python3-dev)
+              libvirt-dev pkg-config gcc python3 python3-dev python3-venv)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -22,7 +22,20 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
 fi
 
-PY=${PYTHON:-python3}
+# Python 3.11 or newer: the first one found of $PYTHON, python3, python3.13 ... python3.11.
+PY=
+for candidate in ${PYTHON:-} python3 python3.13 python3.12 python3.11; do
+    if command -v "$candidate" >/dev/null 2>&1 \
+        && "$candidate" -c 'import sys, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        PY=$candidate
+        break
+    fi
+done
+if [ -z "$PY" ]; then
+    echo "setup: ERROR: Python 3.11 or newer with its venv module is needed" \
+         "(on Debian/Ubuntu: apt-get install python3.11 python3.11-venv)" >&2
+    exit 1
+fi
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv"
     "$PY" -m venv .venv

@@ -16,6 +16,7 @@ import threading
 
 from qubes.backup import compress, crypto
 from qubes.backup.errors import BackupError, UnsafeArchiveError
+from qubes.util.atomicfile import describe_os_error
 
 _PART = re.compile(r"[^\x00-\x1f\x7f/]+")
 ZERO_BLOCK = 4096
@@ -190,13 +191,20 @@ class InnerExtractor:
             for _piece in self._pieces(tar, member):
                 pass  # verify only: decode everything, write nothing
             return
-        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise BackupError(f"cannot create {path}: {describe_os_error(exc)}", member.name) \
+                from None
         try:
             for offset, piece in self._pieces(tar, member):
                 _write_skipping_zeros(fd, piece, offset)
             os.ftruncate(fd, member.size)
             os.fsync(fd)
+        except OSError as exc:
+            raise BackupError(f"cannot write {path}: {describe_os_error(exc)}", member.name) \
+                from None
         finally:
             os.close(fd)
 

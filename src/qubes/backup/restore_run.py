@@ -14,6 +14,7 @@ from qubes.backup.report import Problem, Reporter
 from qubes.backup.restore import (BackupSource, RestoreOptions, RestoreResult, VMPlan,
                                   backed_up_vms)
 from qubes.errors import QubesError
+from qubes.model.collection import GLOBAL_VM_REFS
 from qubes.util.atomicfile import describe_os_error
 
 DOM0_HOME_PREFIX = "dom0-home/"
@@ -49,6 +50,7 @@ class DataPass:
         self.problems: list[Problem] = []
         self.item: _OpenItem | None = None
         self.items_done: set[str] = set()
+        self.ended_early = False
 
     def problem(self, stage: str, cause: str, vm=None, member=None) -> None:
         p = Problem(stage, cause, vm, member)
@@ -74,9 +76,14 @@ class DataPass:
                 self._chunk(member)
         except BackupError as exc:
             vm = self.item.vm_name if self.item else None
+            self.ended_early = True
             self.problem("retrieve", str(exc), vm, exc.member)
             if self.item is not None:
-                self._fail_item(self.item, "retrieve", "the rest of the item is missing")
+                self.item.failed = True  # already reported above
+                if self.item.plan is not None:
+                    self.item.plan.failed = str(exc)
+                if self.item.extractor is not None:
+                    self.item.extractor.abort()
         finally:
             self._close_item()
 
@@ -169,7 +176,9 @@ def check_complete(plans: list[VMPlan], pass_: DataPass) -> None:
         if plan.failed:
             continue
         missing = [i for i in required_items(plan.vm) if i not in plan.items]
-        if missing:
+        if missing and pass_.ended_early:
+            plan.failed = "its data is not in the archive, which ends early"
+        elif missing:
             plan.failed = f"{', '.join(missing)} missing from the archive"
             pass_.problem("retrieve", plan.failed, plan.name)
 
@@ -215,6 +224,18 @@ def register(app, plans: list[VMPlan], staging: str, reporter: Reporter,
             result.failed[plan.name] = cause
             reporter.problem(Problem("register", cause, plan.name))
     return moved
+
+
+def adopt_globals(app, backup, restored: list[str], reporter: Reporter) -> None:
+    """Global defaults the target lacks are taken from the backup when their VM came back.
+
+    Without this a restored AppVM that follows the default NetVM would end up offline.
+    """
+    for attr in GLOBAL_VM_REFS:
+        theirs = getattr(backup, attr)
+        if getattr(app, attr) is None and theirs is not None and theirs.name in restored:
+            app.set_global(attr, theirs.name)
+            reporter.message(f"{attr.replace('_', '-')} set to '{theirs.name}' as in the backup")
 
 
 def _create(app, plan: VMPlan, reporter: Reporter):

@@ -25,6 +25,8 @@ class VMCollection:
         self.default_kernel: str | None = None
         self.warnings: list[str] = []
         self._rollback: list = []
+        # VM entries the store could not load, kept verbatim so a save does not drop them
+        self.preserved: list[tuple[int | None, str | None, bytes]] = []
 
     def on_rollback(self, undo) -> None:
         """Register `undo()` to run if the transaction changing this collection fails."""
@@ -76,8 +78,9 @@ class VMCollection:
 
     # --- ids ------------------------------------------------------------------
     def new_qid(self) -> int:
+        reserved = {qid for qid, _name, _raw in self.preserved}
         for qid in range(1, MAX_QID):
-            if qid not in self._vms:
+            if qid not in self._vms and qid not in reserved:
                 return qid
         raise QubesError(f"no free qid left (at most {MAX_QID - 1} VMs)")
 
@@ -97,7 +100,7 @@ class VMCollection:
             raise QubesError(str(exc)) from None
         if cls is AdminVM:
             raise QubesError("dom0 cannot be created")
-        if self.get(name) is not None:
+        if self.get(name) is not None or any(n == name for _q, n, _r in self.preserved):
             raise VMExistsError(name)
         vm = cls(self, self.new_qid(), name)
         if template is not None:
@@ -108,6 +111,9 @@ class VMCollection:
                 raise NoSuchVMError(str(template))
             if target.TYPE != cls.TEMPLATE_TYPE:
                 raise QubesError(f"'{target.name}' is not a {cls.TEMPLATE_TYPE}; "
+                                 f"an {cls.TYPE} needs one as its template"
+                                 if cls.TYPE[0] in "AEIOU" else
+                                 f"'{target.name}' is not a {cls.TEMPLATE_TYPE}; "
                                  f"a {cls.TYPE} needs one as its template")
             vm.set_raw("template", target)
         if vm.provides_network:
@@ -132,8 +138,11 @@ class VMCollection:
         elif vm.TYPE == "TemplateVM":
             self.default_template = self.default_template or vm
 
-    def remove(self, vm: QubesVM) -> None:
-        """Unregister; clears global references to it. Refuses dom0 and used templates."""
+    def remove(self, vm: QubesVM) -> list[str]:
+        """Unregister; clears references to it. Refuses dom0 and used templates.
+
+        Returns what else changed (unset globals, VMs left without network).
+        """
         if vm.qid == 0:
             raise QubesError("dom0 cannot be removed")
         users = self.vms_based_on(vm)
@@ -142,13 +151,20 @@ class VMCollection:
                 f"The following AppVMs use '{vm.name}' as a template:\n"
                 + "".join(f"{u.name:<12} (qid={u.qid})\n" for u in users)
                 + "Please remove those VMs first.")
+        changes = []
+        offline = [o.name for o in self if o is not vm and o.HAS_NETVM and o.netvm is vm]
         for attr in GLOBAL_VM_REFS:
             if getattr(self, attr) is vm:
                 setattr(self, attr, None)
+                changes.append(f"the global setting {attr.replace('_', '-')} is now unset")
         for other in self:
             if other is not vm and not other.is_default("netvm") and other.netvm is vm:
                 other.set_raw("netvm", None)
+        if offline:
+            changes.append(f"these VMs used '{vm.name}' for their network and now have none: "
+                           + ", ".join(offline))
         del self._vms[vm.qid]
+        return changes
 
     # --- lookups --------------------------------------------------------------
     def vms_based_on(self, template: QubesVM) -> list[QubesVM]:

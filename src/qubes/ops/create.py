@@ -36,6 +36,8 @@ def _choose_template(app, opts: CreateOptions):
         cls = vm_class(opts.vm_class)
     except ValueError as exc:
         raise QubesError(str(exc)) from None
+    if cls.is_disposablevm or cls.is_adminvm:
+        raise QubesError(f"a {cls.TYPE} cannot be created with qvm-create")
     if cls.TEMPLATE_TYPE is None:
         if opts.template:
             raise QubesError("Template VM cannot be based on another template")
@@ -45,8 +47,13 @@ def _choose_template(app, opts: CreateOptions):
         if app.default_template is None:
             raise QubesError("No default TemplateVM defined!")
         source = app.default_template.name
-    if source is not None and app.get(source) is None:
-        raise QubesError(f"There is no template VM named '{source}'")
+    if source is not None:
+        found = app.get(source)
+        if found is None or not found.is_template:
+            raise QubesError(f"There is no template VM named '{source}'")
+        if found.TYPE != cls.TEMPLATE_TYPE:
+            raise QubesError(f"'{source}' is a {found.TYPE}; a {cls.TYPE} is made from a "
+                             f"{cls.TEMPLATE_TYPE}")
     if opts.standalone or opts.root_copy_from or opts.root_move_from:
         return cls, None, source
     return cls, source, source

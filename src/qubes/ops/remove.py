@@ -19,11 +19,11 @@ def remove_vm(base_dir: str, host, hypervisor, name: str, just_db: bool = False)
         if vm.installed_by_rpm and not just_db:
             raise QubesError("This VM has been installed by RPM, use rpm -e <pkg name> to remove it!")
         dir_path = vm.dir_path
-        app.remove(vm)
+        warnings = app.remove(vm)
     if just_db:
-        return []
+        return warnings
     warning = storage.remove_dir(dir_path)
-    return [warning] if warning else []
+    return warnings + ([warning] if warning else [])
 
 
 def rename_vm(app, hypervisor, vm, untrusted_new_name: str) -> None:

@@ -28,10 +28,13 @@ def _read(path: str) -> bytes:
     return data
 
 
-def _load(path: str, base_dir: str, host):
+def _load(path: str, base_dir: str, host, warn=None):
     data = _read(path)
     try:
-        return codec.load_collection(data, base_dir, host=host, source=path)
+        app = codec.load_collection(data, base_dir, host=host, source=path)
+        for warning in app.warnings if warn is not None else ():
+            warn(warning)
+        return app
     except StoreError as exc:
         backup = path + ".bak"
         if os.path.exists(backup):
@@ -41,20 +44,24 @@ def _load(path: str, base_dir: str, host):
 
 
 @contextlib.contextmanager
-def read_collection(base_dir: str, host=None):
-    """Shared lock, load, unlock; the caller works on the objects without a lock."""
+def read_collection(base_dir: str, host=None, warn=None):
+    """Shared lock, load, unlock; the caller works on the objects without a lock.
+
+    `warn(text)` receives each problem found while loading (a bad value, an entry
+    that could not be loaded and is kept as it is).
+    """
     path = store_path(base_dir)
     with locked(path, exclusive=False):
-        app = _load(path, base_dir, host)
+        app = _load(path, base_dir, host, warn)
     yield app
 
 
 @contextlib.contextmanager
-def modify_collection(base_dir: str, host=None):
+def modify_collection(base_dir: str, host=None, warn=None):
     """Exclusive lock across load, change and save; saves only if the block succeeds."""
     path = store_path(base_dir)
     with locked(path, exclusive=True) as lock:
-        app = _load(path, base_dir, host)
+        app = _load(path, base_dir, host, warn)
         try:
             yield app
             save(app, path, lock)

@@ -116,7 +116,14 @@ class _Loader:
             self._template(vm, el)
             self.app.insert(vm)
         except (ValueError, QubesError) as exc:
-            self.warn(f"VM element <{el.tag} name='{el.get('name')}'> skipped: {exc}")
+            self.warn(f"VM element <{el.tag} name='{el.get('name')}'> not loaded (kept in the "
+                      f"file unchanged): {exc}")
+            try:
+                qid = _qid(el.get("qid"))
+            except ValueError:
+                qid = None
+            el.tail = None
+            self.app.preserved.append((qid, el.get("name"), etree.tostring(el)))
             return None
         self._attributes(vm, el)
         return vm
@@ -323,6 +330,9 @@ def dump_collection(app: VMCollection, vms=None, stubs=()) -> bytes:
         attrs = stub_attributes(vm) if vm in stubs and vm not in vms else vm_attributes(vm)
         for key, value in attrs.items():
             el.set(key, value)
+    if vms is None:
+        for _qid, _name, raw in app.preserved:
+            root.append(etree.fromstring(raw, _parser()))
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
 
 

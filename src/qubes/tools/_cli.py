@@ -66,6 +66,22 @@ class Context:
     def warn(self, message: str) -> None:
         print(f"WARNING: {message}", file=sys.stderr)
 
+    def read(self):
+        """The collection for reading; load warnings are shown once."""
+        from qubes.store.access import read_collection
+        return read_collection(self.base_dir, self.host, warn=self._warn_once)
+
+    def modify(self):
+        """The collection for a read-modify-write under the exclusive lock."""
+        from qubes.store.access import modify_collection
+        return modify_collection(self.base_dir, self.host, warn=self._warn_once)
+
+    def _warn_once(self, message: str) -> None:
+        shown = self.__dict__.setdefault("_shown_warnings", set())
+        if message not in shown:
+            shown.add(message)
+            self.warn(message)
+
     def info(self, message: str) -> None:
         if not getattr(self.args, "quiet", False):
             print(message)
@@ -116,7 +132,9 @@ def run(parser: argparse.ArgumentParser, handler: Callable[[Context], int | None
     `validate(parser, args)` may check argument combinations and call
     `parser.error()` (usage error, exit 2) before anything is opened.
     """
-    args = parser.parse_args(argv)
+    raw = sys.argv[1:] if argv is None else list(argv)
+    # Options may follow VM names; argparse's intermixed mode mishandles "--", though.
+    args = parser.parse_args(raw) if "--" in raw else parser.parse_intermixed_args(raw)
     if validate is not None:
         validate(parser, args)
     if getattr(args, "offline_mode", False):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import sys
 
 from qubes.errors import ExitCode, InvalidValueError, QubesError
-from qubes.store.access import modify_collection, read_collection
 from qubes.tools import _cli
 
 _FMT = "{0:<18}: {1}"
@@ -54,7 +53,7 @@ def _refuse(message: str) -> int:
 
 
 def _list(ctx) -> int:
-    with read_collection(ctx.base_dir) as app:
+    with ctx.read() as app:
         for name, attr in sorted(PROPERTIES.items()):
             print(_FMT.format(name, _render(getattr(app, attr))))
     return ExitCode.OK
@@ -64,7 +63,7 @@ def _get(ctx) -> int:
     attr = _attr(ctx.args.prop)
     if attr is None:
         return _refuse(f"Wrong property name: '{ctx.args.prop}'")
-    with read_collection(ctx.base_dir) as app:
+    with ctx.read() as app:
         print(_render(getattr(app, attr)))
     return ExitCode.OK
 
@@ -77,7 +76,7 @@ def _set(ctx) -> int:
                        else f"Wrong property name: '{prop}'")
     if value is None:
         return _refuse(f"Missing value argument for '{prop}'!")
-    with modify_collection(ctx.base_dir, ctx.host) as app:
+    with ctx.modify() as app:
         try:
             app.set_global(attr, value)
         except InvalidValueError as exc:

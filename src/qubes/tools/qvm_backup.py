@@ -14,7 +14,6 @@ from qubes.backup.selection import archived_vms, make_plan, mark_collection
 from qubes.errors import QubesError
 from qubes.ops import ensure_halted
 from qubes.store import codec
-from qubes.store.access import modify_collection, read_collection
 from qubes.tools import _cli
 from qubes.tools._backup_common import add_common_options, confirm, read_passphrase
 from qubes.util.atomicfile import describe_os_error
@@ -53,6 +52,11 @@ def _chunk_size() -> int:
 
 def _output_path(location: str) -> str | None:
     if location == "-":
+        if sys.stdout is None or sys.stdout.closed:
+            raise QubesError("cannot write the backup to standard output: it is closed")
+        if sys.stdout.isatty():
+            raise QubesError("refusing to write a binary backup to a terminal; "
+                             "redirect standard output or give a file or directory")
         return None
     if os.path.isdir(location):
         return os.path.join(location, time.strftime("qubes-%Y-%m-%dT%H%M%S"))
@@ -87,7 +91,7 @@ def _check_space(path: str, needed: int) -> None:
 def _prepare(ctx, hide: bool):
     """Select under the write lock, mark backup_* and return (plan, archived qubes.xml)."""
     args = ctx.args
-    with modify_collection(ctx.base_dir, ctx.host) as app:
+    with ctx.modify() as app:
         plan = make_plan(app, args.vms, args.exclude, hide)
         ensure_halted(ctx.hypervisor, [app[n] for n in plan.vms], "back up")
         mark_collection(app, plan, hide)
@@ -123,7 +127,7 @@ def handle(ctx) -> int:
     hide = encrypted
     path = _output_path(args.location)
     info = sys.stderr if path is None else sys.stdout
-    with read_collection(ctx.base_dir, ctx.host) as app:
+    with ctx.read() as app:
         plan = make_plan(app, args.vms, args.exclude, hide)
         if not args.quiet:
             _summary(plan, app, info)
@@ -143,7 +147,7 @@ def handle(ctx) -> int:
                                 os.path.dirname(os.path.abspath(path)) if path else None))
     plan, xml = _prepare(ctx, hide)
     _write(ctx, path, plan, xml, options)
-    with modify_collection(ctx.base_dir, ctx.host) as app:
+    with ctx.modify() as app:
         now = int(time.time())
         for name in plan.vms:
             if app.get(name) is not None:

@@ -7,10 +7,9 @@ import sys
 
 from qubes.backup.report import CollectingReporter
 from qubes.backup.restore import BackupSource, RestoreOptions, RestoreResult, make_plan
-from qubes.backup.restore_run import (DataPass, check_complete, discard, register,
-                                      staging_dir)
+from qubes.backup.restore_run import (DataPass, adopt_globals, check_complete, discard,
+                                      register, staging_dir)
 from qubes.errors import QubesError
-from qubes.store.access import modify_collection, read_collection
 from qubes.tools import _cli
 from qubes.tools._backup_common import add_common_options, confirm, read_passphrase
 
@@ -33,7 +32,7 @@ def _open_source(path: str):
         if os.path.exists(os.path.join(path, "qubes.xml")):
             raise QubesError(f"{path} is a format-1 backup (a directory); this tool restores "
                              "format 3 only: copy the VM directories back by hand")
-        raise QubesError(f"backup file not found: {path} is a directory")
+        raise QubesError(f"{path} is a directory, not a backup file")
     try:
         return open(path, "rb"), path
     except FileNotFoundError:
@@ -56,6 +55,8 @@ def _report(result: RestoreResult, plans, reporter, verify: bool) -> int:
         print(f"ERROR: {problem}", file=sys.stderr)
     for warning in reporter.warnings:
         print(f"WARNING: {warning}", file=sys.stderr)
+    for message in reporter.messages:
+        print(message)
     word = "verified" if verify else "restored"
     for plan in plans:
         if plan.failed:
@@ -84,7 +85,7 @@ def handle(ctx) -> int:
         if args.verify_only:
             plans = make_plan(source, None, options)
         else:
-            with read_collection(ctx.base_dir, ctx.host) as target:
+            with ctx.read() as target:
                 plans = make_plan(source, target, options)
         if not args.quiet:
             _print_plan(plans, args.verify_only, sys.stdout)
@@ -103,8 +104,9 @@ def _run(ctx, source, plans, options, reporter) -> int:
         if not options.verify_only and any(not p.failed for p in plans):
             moved = []
             try:
-                with modify_collection(ctx.base_dir, ctx.host) as app:
+                with ctx.modify() as app:
                     moved = register(app, plans, staging, reporter, result)
+                    adopt_globals(app, source.collection, result.restored, reporter)
             except BaseException:
                 for path in moved:  # the save failed: nothing stays half-registered
                     discard(path)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from qubes.errors import ExitCode
-from qubes.store.access import read_collection
 from qubes.tools import _cli
 
 
@@ -16,7 +15,7 @@ def build_parser():
 def main(argv=None) -> int:
     def handle(ctx):
         name = ctx.args.name
-        with read_collection(ctx.base_dir) as app:
+        with ctx.read() as app:
             exists = app.get(name) is not None
         if exists:
             ctx.info(f"A VM with the name '{name}' does exist.")

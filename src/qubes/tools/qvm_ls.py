@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass
 
 from qubes.errors import OfflineError, VMMError
-from qubes.store.access import read_collection
 from qubes.tools import _cli
 from qubes.tools._table import format_table
 from qubes.util.sizes import disk_usage
@@ -357,7 +356,7 @@ def _handle(ctx) -> int:
         return 0
     if args.cpu and ctx.hypervisor.offline:
         raise OfflineError()
-    with read_collection(ctx.base_dir, ctx.host) as app:
+    with ctx.read() as app:
         vms = select_vms(app, args.vms)
     if args.raw_list:
         print("\n".join(vm.name for vm in vms))

@@ -15,7 +15,6 @@ import time
 from qubes.errors import (ExitCode, InvalidValueError, NoSuchPropertyError,
                           PropertyNotAvailableError, QubesError, ReadOnlyPropertyError)
 from qubes.ops import ensure_halted
-from qubes.store.access import modify_collection, read_collection
 from qubes.tools import _cli
 
 _FMT = "{0:<19}: {1}"
@@ -289,7 +288,7 @@ def check_settable(vm, prop: str) -> None:
 # --- actions -----------------------------------------------------------------
 
 def _do_list(ctx) -> int:
-    with read_collection(ctx.base_dir, ctx.host) as app:
+    with ctx.read() as app:
         vm = _cli.vm_by_name(app, ctx.args.vm)
         for key, value in list_entries(vm):
             print(_FMT.format(key, _render(value)))
@@ -297,14 +296,14 @@ def _do_list(ctx) -> int:
 
 
 def _do_get(ctx) -> int:
-    with read_collection(ctx.base_dir, ctx.host) as app:
+    with ctx.read() as app:
         vm = _cli.vm_by_name(app, ctx.args.vm)
         print(get_value(vm, ctx.args.prop))
     return ExitCode.OK
 
 
 def _no_property(ctx) -> int:
-    with read_collection(ctx.base_dir, ctx.host) as app:
+    with ctx.read() as app:
         vm = _cli.vm_by_name(app, ctx.args.vm)
         names = [p for p in SETTABLE if vm.has_property(p)]
     print("ERROR: No property given; the properties that can be set are:", file=sys.stderr)
@@ -318,7 +317,7 @@ def _do_set(ctx) -> int:
     if args.prop is None:
         return _no_property(ctx)
     prop = "mac" if args.prop == "MAC" else args.prop
-    with modify_collection(ctx.base_dir, ctx.host) as app:
+    with ctx.modify() as app:
         vm = _cli.vm_by_name(app, args.vm)
         check_settable(vm, prop)
         if not args.value:

@@ -1,7 +1,6 @@
 """qvm-service: list, enable, disable or reset the services of a VM (TOOLS.md §6)."""
 from __future__ import annotations
 
-from qubes.store.access import modify_collection, read_collection
 from qubes.tools import _cli
 
 
@@ -18,7 +17,7 @@ def build_parser():
 
 
 def _list(ctx) -> None:
-    with read_collection(ctx.base_dir) as app:
+    with ctx.read() as app:
         services = dict(_cli.vm_by_name(app, ctx.args.vm).services)
     if not services:
         return
@@ -29,7 +28,7 @@ def _list(ctx) -> None:
 
 def _change(ctx) -> None:
     a = ctx.args
-    with modify_collection(ctx.base_dir, ctx.host) as app:
+    with ctx.modify() as app:
         vm = _cli.vm_by_name(app, a.vm)
         services = dict(vm.services)
         if a.default is not None:
