@@ -15,7 +15,8 @@ ALLOWED = {
     "qubes.vmm": {"qubes.vmm"},
     "qubes.storage": {"qubes.storage"},
     "qubes.backup": {"qubes.model", "qubes.store.codec", "qubes.storage.base", "qubes.vmm.base"},
-    "qubes.ops": {"qubes.model", "qubes.store", "qubes.storage", "qubes.vmm", "qubes.devices"},
+    "qubes.ops": {"qubes.model", "qubes.store", "qubes.storage", "qubes.vmm", "qubes.devices",
+                  "qubes.backup"},
     "qubes.tools": {"qubes"},
 }
 FORBIDDEN_ANYWHERE = {"libvirt": "qubes.vmm.libvirt"}

@@ -44,6 +44,7 @@ class OuterReader:
 
     def __init__(self, source: BinaryIO, label: str):
         self.label = label
+        self.source = source
         self.current: str | None = None
         try:
             self._tar = tarfile.open(fileobj=source, mode="r|", ignore_zeros=True)

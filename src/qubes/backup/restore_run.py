@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import time
 
 from qubes.backup import compress, crypto
@@ -51,6 +52,8 @@ class DataPass:
         self.item: _OpenItem | None = None
         self.items_done: set[str] = set()
         self.ended_early = False
+        self.done = 0
+        self.total = _stream_size(source.reader)
 
     def problem(self, stage: str, cause: str, vm=None, member=None) -> None:
         p = Problem(stage, cause, vm, member)
@@ -84,6 +87,11 @@ class DataPass:
                     self.item.plan.failed = str(exc)
                 if self.item.extractor is not None:
                     self.item.extractor.abort()
+        except BaseException:
+            if self.item is not None and self.item.extractor is not None:
+                self.item.extractor.abort()  # interrupted: stop the worker, do not finish
+            self.item = None
+            raise
         finally:
             self._close_item()
 
@@ -100,6 +108,8 @@ class DataPass:
             raise BackupError(f"member '{member.name}' is out of order: expected "
                               f"'{base}.{item.next_index:03d}'", member.name)
         item.next_index += 1
+        self.done += member.size
+        self.reporter.progress(min(self.done, self.total), self.total)
         keep = item.decoder is not None and not item.failed
         chunk = VerifiedChunk(self.source.reader, member, self.source.hmac_algorithm,
                               self.source.passphrase, self.options.tmpdir or self.staging, keep)
@@ -161,6 +171,15 @@ class DataPass:
             item.plan.failed = item.plan.failed or str(exc)
 
 
+def _stream_size(reader) -> int:
+    """The backup's size when it is a regular file (for progress); 0 when unknown."""
+    try:
+        st = os.fstat(reader.source.fileno())
+    except (AttributeError, OSError, ValueError):
+        return 0
+    return st.st_size if stat.S_ISREG(st.st_mode) else 0
+
+
 def required_items(vm) -> list[str]:
     if vm.is_template:
         return ["."]
@@ -190,12 +209,12 @@ def staging_dir(base_dir: str) -> str:
 
 
 def register(app, plans: list[VMPlan], staging: str, reporter: Reporter,
-             result: RestoreResult) -> list[str]:
+             result: RestoreResult) -> None:
     """Move each complete VM's data into place and add it to `app` (under the write lock).
 
-    Returns the directories moved in, so the caller can undo them if the save fails.
+    Each move is undone (back into the staging directory, then removed) if the
+    transaction does not save.
     """
-    moved = []
     failed = {p.name for p in plans if p.failed}
     for plan in plans:
         if not plan.failed and plan.template in failed:
@@ -213,7 +232,7 @@ def register(app, plans: list[VMPlan], staging: str, reporter: Reporter,
                 raise QubesError(f"{new.dir_path} already exists; not merging into it")
             os.makedirs(os.path.dirname(new.dir_path), exist_ok=True)
             os.rename(src, new.dir_path)
-            moved.append(new.dir_path)
+            app.on_rollback(lambda a=new.dir_path, b=src: os.rename(a, b))
             result.restored.append(plan.name)
         except (QubesError, OSError) as exc:
             cause = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
@@ -223,7 +242,6 @@ def register(app, plans: list[VMPlan], staging: str, reporter: Reporter,
             failed.add(plan.name)
             result.failed[plan.name] = cause
             reporter.problem(Problem("register", cause, plan.name))
-    return moved
 
 
 def adopt_globals(app, backup, restored: list[str], reporter: Reporter) -> None:

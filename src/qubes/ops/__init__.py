@@ -1,4 +1,6 @@
-"""Actions that span the store, storage and the hypervisor (create, clone, remove, rename).
+"""Actions that span the store, storage, backup and the hypervisor.
+
+create, clone, remove and rename VMs; run a backup or a restore.
 
 Each takes plain option values, holds the qubes.xml write lock only for the
 metadata update (never during an image copy, CASES.md B64), and leaves no

@@ -22,6 +22,16 @@ hypervisor_factory: Callable | None = None
 host_factory: Callable | None = None
 
 
+class UsageError(Exception):
+    """A combination of arguments that argparse cannot check; exits 2 like argparse."""
+
+
+def _notes(exc: BaseException) -> str:
+    """What the library cleaned up on the way out (added with `add_note`)."""
+    notes = getattr(exc, "__notes__", None)
+    return "; " + "; ".join(notes) if notes else ""
+
+
 class Terminated(BaseException):
     """Raised in the main thread when SIGTERM arrives, so cleanup code runs."""
 
@@ -145,14 +155,16 @@ def run(parser: argparse.ArgumentParser, handler: Callable[[Context], int | None
         _refuse_root(ctx)
         code = handler(ctx)
         return int(code or ExitCode.OK)
+    except UsageError as exc:
+        parser.error(str(exc))
     except QubesError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
+        print(f"ERROR: {exc}{_notes(exc)}", file=sys.stderr)
         return int(ExitCode.ERROR)
-    except KeyboardInterrupt:
-        print("ERROR: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"ERROR: interrupted{_notes(exc)}", file=sys.stderr)
         return int(ExitCode.SIGNAL_BASE) + signal.SIGINT
     except Terminated as exc:
-        print("ERROR: terminated", file=sys.stderr)
+        print(f"ERROR: terminated{_notes(exc)}", file=sys.stderr)
         return int(ExitCode.SIGNAL_BASE) + exc.signum
     except BrokenPipeError:
         sys.stderr.close()

@@ -4,19 +4,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 from qubes.backup import crypto
-from qubes.backup.create import BackupOptions, write_backup
+from qubes.backup.create import BackupOptions
 from qubes.backup.format import CHUNK_SIZE
-from qubes.backup.report import CollectingReporter
-from qubes.backup.selection import archived_vms, make_plan, mark_collection
 from qubes.errors import QubesError
-from qubes.ops import ensure_halted
-from qubes.store import codec
+from qubes.ops.backup import (BackupRequest, CommandDestination, FileDestination,
+                              StreamDestination, check_space, preview, run_backup)
 from qubes.tools import _cli
 from qubes.tools._backup_common import add_common_options, confirm, read_passphrase
-from qubes.util.atomicfile import describe_os_error
+from qubes.tools._progress import ProgressReporter, add_progress_option
 from qubes.util.sizes import size_to_human
 
 HMACS = tuple(crypto.HMAC_ALGORITHMS)
@@ -25,10 +22,12 @@ HMACS = tuple(crypto.HMAC_ALGORITHMS)
 def build_parser() -> argparse.ArgumentParser:
     p = _cli.make_parser("qvm-backup", "Back up VMs into a Qubes format-3 backup.",
                          force_root=True)
-    p.add_argument("location", metavar="LOCATION",
+    p.add_argument("location", metavar="LOCATION", nargs="?",
                    help="directory (gets qubes-YYYY-MM-DDTHHMMSS), file path, or - for stdout")
     p.add_argument("vms", nargs="*", metavar="VM", help="VMs to back up (default: all included)")
     p.add_argument("-x", "--exclude", action="append", default=[], metavar="VM")
+    p.add_argument("--dest-command", metavar="CMD",
+                   help="send the backup to the standard input of a shell command")
     p.add_argument("-e", "--encrypt", action="store_true", help="encrypt (the default)")
     p.add_argument("--no-encrypt", action="store_true", help="do not encrypt (HMAC only)")
     p.add_argument("-E", "--enc-algo", default="aes-256-cbc", help="cipher (default aes-256-cbc)")
@@ -38,7 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compress", action="store_true", help="do not compress")
     p.add_argument("-Z", "--compress-filter", default="gzip", choices=("gzip", "bzip2", "xz"),
                    help="compression filter (default gzip)")
+    p.add_argument("--compress-level", type=int, choices=range(1, 10), metavar="1-9",
+                   help="compression level (default: the filter's own, 6 for gzip)")
     add_common_options(p)
+    add_progress_option(p)
     return p
 
 
@@ -50,28 +52,28 @@ def _chunk_size() -> int:
     return CHUNK_SIZE
 
 
-def _output_path(location: str) -> str | None:
-    if location == "-":
+def _destination(args):
+    if args.dest_command:
+        if args.location is not None:
+            args.vms.insert(0, args.location)  # with --dest-command every name is a VM
+        return CommandDestination(args.dest_command)
+    if args.location is None:
+        raise _cli.UsageError("the following arguments are required: LOCATION "
+                              "(or --dest-command CMD)")
+    if args.location == "-":
         if sys.stdout is None or sys.stdout.closed:
             raise QubesError("cannot write the backup to standard output: it is closed")
         if sys.stdout.isatty():
             raise QubesError("refusing to write a binary backup to a terminal; "
                              "redirect standard output or give a file or directory")
-        return None
-    if os.path.isdir(location):
-        return os.path.join(location, time.strftime("qubes-%Y-%m-%dT%H%M%S"))
-    parent = os.path.dirname(os.path.abspath(location))
-    if not os.path.isdir(parent):
-        raise QubesError(f"cannot write the backup to {location}: {parent} is not a directory")
-    if os.path.lexists(location):
-        raise QubesError(f"{location} already exists; not overwriting it")
-    return location
+        return StreamDestination(sys.stdout.buffer)
+    return FileDestination(args.location)
 
 
-def _summary(plan, app, out) -> None:
+def _summary(plan, vms, out) -> None:
     print(f"{'VM':>16} {'type':>12} {'size':>12}", file=out)
     for name in plan.vms:
-        vm = app[name]
+        vm = vms[name]
         kind = "Template VM" if vm.is_template else \
             ("NetVM" if vm.provides_network else "AppVM") + (" + Sys" if vm.updateable else "")
         print(f"{name:>16} {kind:>12} {size_to_human(plan.sizes[name]):>12}", file=out)
@@ -80,80 +82,44 @@ def _summary(plan, app, out) -> None:
         print(f"VMs not selected for backup: {', '.join(plan.skipped)}", file=out)
 
 
-def _check_space(path: str, needed: int) -> None:
-    st = os.statvfs(os.path.dirname(os.path.abspath(path)))
-    free = st.f_bavail * st.f_frsize
-    if needed > free:
-        raise QubesError(f"Not enough space available on the backup filesystem: "
-                         f"{size_to_human(needed)} needed, {size_to_human(free)} free")
-
-
-def _prepare(ctx, hide: bool):
-    """Select under the write lock, mark backup_* and return (plan, archived qubes.xml)."""
-    args = ctx.args
-    with ctx.modify() as app:
-        plan = make_plan(app, args.vms, args.exclude, hide)
-        ensure_halted(ctx.hypervisor, [app[n] for n in plan.vms], "back up")
-        mark_collection(app, plan, hide)
-        selected = [app[n] for n in plan.vms]
-        stubs = [vm for vm in archived_vms(app, plan) if vm not in selected]
-        xml = codec.dump_collection(app, vms=selected, stubs=stubs)
-    return plan, xml
-
-
-def _write(ctx, path, plan, xml, options) -> int:
-    reporter = CollectingReporter()
-    if path is None:
-        return write_backup(sys.stdout.buffer, plan, xml, options, reporter)
-    partial = f"{path}.partial-{os.getpid()}"
-    try:
-        with open(partial, "xb") as out:
-            written = write_backup(out, plan, xml, options, reporter)
-            out.flush()
-            os.fsync(out.fileno())
-        os.rename(partial, path)
-    except OSError as exc:
-        raise QubesError(f"cannot write the backup to {path}: {describe_os_error(exc)}") from None
-    finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
-    return written
-
-
-def handle(ctx) -> int:
-    args = ctx.args
-    encrypted = not args.no_encrypt
-    compressed = not args.no_compress
-    hide = encrypted
-    path = _output_path(args.location)
-    info = sys.stderr if path is None else sys.stdout
-    with ctx.read() as app:
-        plan = make_plan(app, args.vms, args.exclude, hide)
-        if not args.quiet:
-            _summary(plan, app, info)
-    if path is not None:
-        _check_space(path, plan.total_size)
-    if not confirm("Do you want to proceed?", args.yes):
-        return 0
+def _options(args, passphrase: bytes, destination) -> BackupOptions:
     try:
         crypto.cipher_key_length(args.enc_algo)
     except crypto.UnsupportedAlgorithm as exc:
         raise QubesError(str(exc)) from None
-    passphrase = read_passphrase(args.passphrase_file, confirm=True)
-    options = BackupOptions(passphrase=passphrase, encrypted=encrypted, compressed=compressed,
-                            compression_filter=args.compress_filter, hmac_algorithm=args.hmac_algo,
-                            crypto_algorithm=args.enc_algo, chunk_size=_chunk_size(),
-                            tmpdir=args.tmpdir or (
-                                os.path.dirname(os.path.abspath(path)) if path else None))
-    plan, xml = _prepare(ctx, hide)
-    _write(ctx, path, plan, xml, options)
-    with ctx.modify() as app:
-        now = int(time.time())
-        for name in plan.vms:
-            if app.get(name) is not None:
-                app[name].backup_timestamp = now
+    tmpdir = args.tmpdir
+    if tmpdir is None and isinstance(destination, FileDestination):
+        tmpdir = os.path.dirname(os.path.abspath(destination.path))
+    if tmpdir is not None and not os.path.isdir(tmpdir):
+        raise QubesError(f"--tmpdir {tmpdir} is not a directory")
+    return BackupOptions(passphrase=passphrase, encrypted=not args.no_encrypt,
+                         compressed=not args.no_compress, compression_filter=args.compress_filter,
+                         compression_level=args.compress_level, hmac_algorithm=args.hmac_algo,
+                         crypto_algorithm=args.enc_algo, chunk_size=_chunk_size(), tmpdir=tmpdir)
+
+
+def handle(ctx) -> int:
+    args = ctx.args
+    destination = _destination(args)
+    info = sys.stdout if isinstance(destination, FileDestination) else sys.stderr
+    probe = BackupRequest(tuple(args.vms), tuple(args.exclude),
+                          _options(args, b"-", destination))
+    plan, vms = preview(ctx.base_dir, ctx.host, probe, warn=ctx.warn)
     if not args.quiet:
-        print(f"-> Backup completed{'' if path is None else ': ' + path}.", file=info)
+        _summary(plan, vms, info)
+    check_space(destination, plan)
+    if not confirm("Do you want to proceed?", args.yes):
+        return 0
+    passphrase = read_passphrase(args.passphrase_file, confirm=True)
+    request = BackupRequest(tuple(args.vms), tuple(args.exclude),
+                            _options(args, passphrase, destination))
+    reporter = ProgressReporter(args.progress)
+    try:
+        run_backup(ctx.base_dir, ctx.host, ctx.hypervisor, request, destination, reporter)
+    finally:
+        reporter.finish(ok=sys.exc_info()[0] is None)
+    if not args.quiet:
+        print(f"-> Backup completed: {destination.label}.", file=info)
     return 0
 
 

@@ -2,55 +2,56 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from qubes.backup.report import CollectingReporter
-from qubes.backup.restore import BackupSource, RestoreOptions, RestoreResult, make_plan
-from qubes.backup.restore_run import (DataPass, adopt_globals, check_complete, discard,
-                                      register, staging_dir)
+from qubes.backup.restore import RestoreOptions
 from qubes.errors import QubesError
+from qubes.ops.restore import CommandSource, FileSource, StreamSource, execute, open_backup
 from qubes.tools import _cli
 from qubes.tools._backup_common import add_common_options, confirm, read_passphrase
+from qubes.tools._progress import ProgressReporter, add_progress_option
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _cli.make_parser("qvm-backup-restore", "Restore VMs from a Qubes backup, or verify it.",
                          force_root=True)
-    p.add_argument("source", metavar="SOURCE", help="backup file, or - for standard input")
+    p.add_argument("source", metavar="SOURCE", nargs="?",
+                   help="backup file, or - for standard input")
     p.add_argument("vms", nargs="*", metavar="VM", help="VMs to restore (default: all)")
+    p.add_argument("--source-command", metavar="CMD",
+                   help="read the backup from the standard output of a shell command")
     p.add_argument("--verify-only", action="store_true",
                    help="read, authenticate and decode everything; change nothing")
     add_common_options(p)
+    add_progress_option(p)
     return p
 
 
-def _open_source(path: str):
-    if path == "-":
-        return sys.stdin.buffer, "standard input"
-    if os.path.isdir(path):
-        if os.path.exists(os.path.join(path, "qubes.xml")):
-            raise QubesError(f"{path} is a format-1 backup (a directory); this tool restores "
-                             "format 3 only: copy the VM directories back by hand")
-        raise QubesError(f"{path} is a directory, not a backup file")
-    try:
-        return open(path, "rb"), path
-    except FileNotFoundError:
-        raise QubesError(f"backup file not found: {path}") from None
-    except OSError as exc:
-        raise QubesError(f"cannot open the backup {path}: {exc.strerror}") from None
+def _origin(args):
+    if args.source_command:
+        if args.source is not None:
+            args.vms.insert(0, args.source)  # with --source-command every name is a VM
+        return CommandSource(args.source_command)
+    if args.source is None:
+        raise _cli.UsageError("the following arguments are required: SOURCE "
+                              "(or --source-command CMD)")
+    if args.source == "-":
+        if args.passphrase_file == "-":
+            raise QubesError("standard input cannot carry both the backup and the passphrase")
+        return StreamSource(sys.stdin.buffer)
+    return FileSource(args.source)
 
 
 def _print_plan(plans, verify: bool, out) -> None:
     print("The following VMs will be " + ("verified:" if verify else "restored:"), file=out)
     for plan in plans:
-        vm = plan.vm
         template = plan.template or "-"
         netvm = "(default)" if plan.netvm_default else (plan.netvm or "none")
-        print(f"  {plan.name:<20} {vm.TYPE:<12} template: {template:<16} netvm: {netvm}", file=out)
+        print(f"  {plan.name:<20} {plan.vm.TYPE:<12} template: {template:<16} netvm: {netvm}",
+              file=out)
 
 
-def _report(result: RestoreResult, plans, reporter, verify: bool) -> int:
+def _report(plans, reporter, verify: bool) -> int:
     for problem in reporter.problems:
         print(f"ERROR: {problem}", file=sys.stderr)
     for warning in reporter.warnings:
@@ -73,47 +74,25 @@ def _report(result: RestoreResult, plans, reporter, verify: bool) -> int:
 
 def handle(ctx) -> int:
     args = ctx.args
-    stream, label = _open_source(args.source)
-    if args.source == "-" and args.passphrase_file == "-":
-        raise QubesError("standard input cannot carry both the backup and the passphrase")
-    passphrase = read_passphrase(args.passphrase_file, confirm=False)
-    options = RestoreOptions(passphrase=passphrase, vms=tuple(args.vms),
-                             verify_only=args.verify_only, tmpdir=args.tmpdir)
-    reporter = CollectingReporter()
-    with stream:
-        source = BackupSource(stream, label, passphrase)
-        if args.verify_only:
-            plans = make_plan(source, None, options)
-        else:
-            with ctx.read() as target:
-                plans = make_plan(source, target, options)
+    origin = _origin(args)
+    try:
+        passphrase = read_passphrase(args.passphrase_file, confirm=False)
+        options = RestoreOptions(passphrase=passphrase, vms=tuple(args.vms),
+                                 verify_only=args.verify_only, tmpdir=args.tmpdir)
+        run = open_backup(ctx.base_dir, ctx.host, origin, options, warn=ctx.warn)
         if not args.quiet:
-            _print_plan(plans, args.verify_only, sys.stdout)
+            _print_plan(run.plans, args.verify_only, sys.stdout)
         if not confirm("Do you want to proceed?", args.yes):
             return 0
-        return _run(ctx, source, plans, options, reporter)
-
-
-def _run(ctx, source, plans, options, reporter) -> int:
-    result = RestoreResult()
-    staging = None if options.verify_only else staging_dir(ctx.base_dir)
-    try:
-        data = DataPass(source, plans, staging, options, reporter)
-        data.run()
-        check_complete(plans, data)
-        if not options.verify_only and any(not p.failed for p in plans):
-            moved = []
-            try:
-                with ctx.modify() as app:
-                    moved = register(app, plans, staging, reporter, result)
-                    adopt_globals(app, source.collection, result.restored, reporter)
-            except BaseException:
-                for path in moved:  # the save failed: nothing stays half-registered
-                    discard(path)
-                raise
+        reporter = ProgressReporter(args.progress)
+        try:
+            execute(ctx.base_dir, ctx.host, run, reporter)
+        finally:
+            reporter.finish(ok=sys.exc_info()[0] is None and not reporter.problems)
+        origin.check()
     finally:
-        discard(staging)
-    return _report(result, plans, reporter, options.verify_only)
+        origin.close()
+    return _report(run.plans, reporter, args.verify_only)
 
 
 def main(argv=None) -> int:

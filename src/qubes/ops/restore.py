@@ -1,0 +1,133 @@
+"""Restore or verify a backup: plan against the target, one data pass, then register.
+
+The data goes to a staging directory inside the target base directory; a VM
+is registered (under the write lock) only once all of its data is there. An
+interruption or failure removes the staging directory and undoes every move
+of a VM directory whose registration was not saved.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+
+from qubes.backup.report import Reporter
+from qubes.backup.restore import BackupSource, RestoreOptions, RestoreResult, VMPlan, make_plan
+from qubes.backup.restore_run import (DataPass, adopt_globals, check_complete, discard,
+                                      register, staging_dir)
+from qubes.errors import QubesError
+from qubes.store.access import modify_collection, read_collection
+from qubes.util.text import decode_output
+
+STDERR_LIMIT = 4096
+
+
+class FileSource:
+    def __init__(self, path: str):
+        if os.path.isdir(path):
+            if os.path.exists(os.path.join(path, "qubes.xml")):
+                raise QubesError(f"{path} is a format-1 backup (a directory); this tool "
+                                 "restores format 3 only: copy the VM directories back by hand")
+            raise QubesError(f"{path} is a directory, not a backup file")
+        try:
+            self.stream = open(path, "rb")
+        except FileNotFoundError:
+            raise QubesError(f"backup file not found: {path}") from None
+        except OSError as exc:
+            raise QubesError(f"cannot open the backup {path}: {exc.strerror}") from None
+        self.label = path
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def check(self) -> None:
+        pass
+
+
+class StreamSource:
+    def __init__(self, stream, label: str = "standard input"):
+        self.stream = stream
+        self.label = label
+
+    def close(self) -> None:
+        pass
+
+    def check(self) -> None:
+        pass
+
+
+class CommandSource:
+    """A shell command whose standard output is the backup (`--source-command`)."""
+
+    def __init__(self, command: str):
+        self.label = f"command '{command}'"
+        self._proc = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                      start_new_session=True)
+        self.stream = self._proc.stdout
+
+    def check(self) -> None:
+        """A command that failed is reported with its exit status and its stderr."""
+        code = self._proc.poll()
+        if code not in (None, 0):
+            raise self._failure(code)
+
+    def _failure(self, code: int) -> QubesError:
+        err = decode_output(self._proc.stderr.read(STDERR_LIMIT))
+        return QubesError(f"the source {self.label} failed with exit status {code}"
+                          + (f": {err}" if err else ""))
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        code = self._proc.wait()
+        self.stream.close()
+        if code not in (0, -9):
+            raise self._failure(code)
+
+
+@dataclass
+class RestoreRun:
+    """What the tool shows: the plan first, the outcome after `execute`."""
+
+    source: BackupSource
+    plans: list[VMPlan]
+    options: RestoreOptions
+    result: RestoreResult | None = None
+
+
+def open_backup(base_dir: str, host, origin, options: RestoreOptions, warn=None) -> RestoreRun:
+    """Authenticate the header, read qubes.xml and plan; nothing is written."""
+    try:
+        source = BackupSource(origin.stream, origin.label, options.passphrase)
+    except QubesError:
+        origin.check()  # a failed source command explains a broken stream better
+        raise
+    if options.verify_only:
+        plans = make_plan(source, None, options)
+    else:
+        with read_collection(base_dir, host, warn=warn) as target:
+            plans = make_plan(source, target, options)
+    return RestoreRun(source, plans, options)
+
+
+def execute(base_dir: str, host, run: RestoreRun, reporter: Reporter) -> RestoreResult:
+    """The data pass, the completeness check, and registration of every complete VM."""
+    result = RestoreResult()
+    staging = None if run.options.verify_only else staging_dir(base_dir)
+    try:
+        data = DataPass(run.source, run.plans, staging, run.options, reporter)
+        data.run()
+        check_complete(run.plans, data)
+        if not run.options.verify_only and any(not p.failed for p in run.plans):
+            with modify_collection(base_dir, host) as app:
+                register(app, run.plans, staging, reporter, result)
+                adopt_globals(app, run.source.collection, result.restored, reporter)
+    except BaseException as exc:
+        if staging is not None:
+            exc.add_note(f"removed the partly restored data in {staging}")
+        raise
+    finally:
+        discard(staging)
+    run.result = result
+    return result

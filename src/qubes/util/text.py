@@ -1,0 +1,9 @@
+"""Text from other programs, decoded safely whatever its language or encoding."""
+from __future__ import annotations
+
+
+def decode_output(raw: bytes, limit: int = 2000) -> str:
+    """UTF-8 where it is, escapes where it is not; control characters shown, not obeyed."""
+    text = raw.decode("utf-8", errors="backslashreplace").strip()
+    text = "".join(c if c.isprintable() or c in "\n\t" else f"\\x{ord(c):02x}" for c in text)
+    return text if len(text) <= limit else text[:limit] + "…"
