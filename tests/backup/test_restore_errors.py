@@ -182,11 +182,15 @@ def test_missing_backup_file(base, tmp_path, passfile):
     assert f"backup file not found: {tmp_path / 'nope'}" in proc.stderr.decode()
 
 
-def test_existing_vm_name_is_refused(base, tmp_path, passfile):
+def test_existing_name_is_skipped_and_serves_dependents(base, tmp_path, passfile):
+    """B26: the host's template of that name is kept; the AppVM is based on it."""
     backup = peer_backup(tmp_path, passfile, "--vm", "template:tpl", "--vm", "app:work")
     run("qvm-create", "--class", "TemplateVM", "-l", "black", "tpl")
-    before = (base / "qubes.xml").read_bytes()
-    proc = run("qvm-backup-restore", "--passphrase-file", passfile, backup, check=False)
-    assert proc.returncode == 1
-    assert "'tpl' already exists" in proc.stderr.decode()
-    assert (base / "qubes.xml").read_bytes() == before
+    host_root = (base / "vm-templates/tpl/root.img").stat()
+    proc = run("qvm-backup-restore", "--passphrase-file", passfile, backup)
+    out = proc.stdout.decode()
+    assert "tpl" in out and "SKIPPED: a VM named 'tpl' already exists" in out
+    assert run("qvm-prefs", "-g", "work", "template").stdout.decode().strip() == "tpl"
+    assert (base / "vm-templates/tpl/root.img").stat().st_ino == host_root.st_ino
+    named = run("qvm-backup-restore", "--passphrase-file", passfile, backup, "tpl", check=False)
+    assert named.returncode == 1, "an explicitly requested VM that did not come back"

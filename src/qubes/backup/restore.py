@@ -9,7 +9,6 @@ a VM registered in qubes.xml only after all of its data is in place.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -18,42 +17,24 @@ from qubes.backup.errors import BackupError
 from qubes.backup.extract import InnerExtractor, ItemDecoder
 from qubes.backup.format import QUBES_XML_MAX, HeaderError, parse_header
 from qubes.backup.reader import OuterReader, authenticate_header, read_hmac
-from qubes.backup.report import Problem
-from qubes.errors import QubesError
-
-_BACKUP_PATH = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
+from qubes.backup.plan import PlanOptions
 
 
 @dataclass(frozen=True)
 class RestoreOptions:
     passphrase: bytes
-    vms: tuple[str, ...] = ()
-    verify_only: bool = False
+    plan: PlanOptions = PlanOptions()
     tmpdir: str | None = None
 
-
-@dataclass
-class VMPlan:
-    name: str
-    vm: object
-    path: str
-    template: str | None = None
-    netvm: str | None = None
-    netvm_default: bool = True
-    items: list[str] = field(default_factory=list)
-    failed: str | None = None
+    @property
+    def verify_only(self) -> bool:
+        return self.plan.verify_only
 
 
 @dataclass
 class RestoreResult:
     restored: list[str] = field(default_factory=list)
-    verified: list[str] = field(default_factory=list)
     failed: dict = field(default_factory=dict)
-    problems: list[Problem] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed and not self.problems
 
 
 class BackupSource:
@@ -117,74 +98,3 @@ class BackupSource:
             raise BackupError("member 'qubes.xml.000' holds no qubes.xml", member.name)
         return load_collection(files["qubes.xml"], "/nonexistent", source="qubes.xml in the backup",
                                strict=True)
-
-
-def backed_up_vms(collection) -> list:
-    return [vm for vm in collection if vm.backup_content and not vm.is_adminvm]
-
-
-def check_backup_paths(vms) -> None:
-    """Safe, distinct, not nested: each item then belongs to exactly one VM."""
-    seen: dict[str, str] = {}
-    for vm in vms:
-        path = vm.backup_path
-        if not _BACKUP_PATH.fullmatch(path) or {".", ".."} & set(path.split("/")) \
-                or path.startswith("dom0-home"):
-            raise BackupError(f"VM '{vm.name}': unsafe backup_path '{path}' in qubes.xml")
-        for other, owner in seen.items():
-            if path == other or path.startswith(other + "/") or other.startswith(path + "/"):
-                raise BackupError(f"VMs '{owner}' and '{vm.name}' have overlapping backup paths "
-                                  f"'{other}' and '{path}' in qubes.xml")
-        seen[path] = vm.name
-
-
-def make_plan(source: BackupSource, target, options: RestoreOptions) -> list[VMPlan]:
-    """Decide which VMs come back and with which template/netvm; raise on any conflict."""
-    candidates = {vm.name: vm for vm in backed_up_vms(source.collection)}
-    names = list(options.vms) or list(candidates)
-    unknown = [n for n in names if n not in candidates]
-    if unknown:
-        raise QubesError(f"not in this backup: {', '.join(unknown)} "
-                         f"(the backup holds: {', '.join(candidates) or 'no VM'})")
-    check_backup_paths(list(candidates.values()))
-    plans, problems = [], []
-    for name in names:
-        vm = candidates[name]
-        plan = VMPlan(name, vm, vm.backup_path)
-        plan.template = vm.template.name if vm.template is not None else None
-        plan.netvm_default = vm.is_default("netvm")
-        plan.netvm = vm.netvm.name if vm.netvm is not None and vm.HAS_NETVM else None
-        plans.append(plan)
-    if options.verify_only or target is None:
-        return plans
-    restored = {p.name for p in plans}
-    for plan in plans:
-        if target.get(plan.name) is not None:
-            problems.append(f"VM '{plan.name}' already exists on this system")
-        if plan.template and plan.template not in restored:
-            host_tpl = target.get(plan.template)
-            if host_tpl is None or host_tpl.TYPE != plan.vm.TEMPLATE_TYPE:
-                problems.append(f"VM '{plan.name}': template '{plan.template}' is neither in "
-                                "the restore set nor on this system")
-        if plan.netvm and not plan.netvm_default and plan.netvm not in restored:
-            host_net = target.get(plan.netvm)
-            if host_net is None or not host_net.provides_network:
-                problems.append(f"VM '{plan.name}': netvm '{plan.netvm}' is neither in the "
-                                "restore set nor on this system")
-    if problems:
-        raise QubesError("cannot restore:\n  " + "\n  ".join(problems))
-    return _dependency_order(plans)
-
-
-def _dependency_order(plans: list[VMPlan]) -> list[VMPlan]:
-    """Templates first, then network providers along their chain, then the rest."""
-    def rank(p: VMPlan):
-        depth, vm = 0, p.vm
-        while vm.HAS_NETVM and vm.netvm is not None and depth < 300:
-            vm, depth = vm.netvm, depth + 1
-        if p.vm.is_template:
-            return (0, 0, p.vm.qid)
-        if p.vm.provides_network:
-            return (1, depth, p.vm.qid)
-        return (2, 0, p.vm.qid)
-    return sorted(plans, key=rank)

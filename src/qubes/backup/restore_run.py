@@ -12,8 +12,8 @@ from qubes.backup.extract import InnerExtractor
 from qubes.backup.format import split_chunk_name
 from qubes.backup.reader import VerifiedChunk
 from qubes.backup.report import Problem, Reporter
-from qubes.backup.restore import (BackupSource, RestoreOptions, RestoreResult, VMPlan,
-                                  backed_up_vms)
+from qubes.backup.plan import VMPlan, backed_up_vms
+from qubes.backup.restore import BackupSource, RestoreOptions, RestoreResult
 from qubes.errors import QubesError
 from qubes.model.collection import GLOBAL_VM_REFS
 from qubes.util.atomicfile import describe_os_error
@@ -43,7 +43,7 @@ class DataPass:
     def __init__(self, source: BackupSource, plans: list[VMPlan], staging: str | None,
                  options: RestoreOptions, reporter: Reporter):
         self.source = source
-        self.plans = {p.path: p for p in plans}
+        self.plans = {p.path: p for p in plans if not p.skip}
         self.all_paths = {vm.backup_path: vm.name for vm in backed_up_vms(source.collection)}
         self.staging = staging
         self.options = options
@@ -192,7 +192,7 @@ def required_items(vm) -> list[str]:
 def check_complete(plans: list[VMPlan], pass_: DataPass) -> None:
     """A VM whose data never arrived is a failure, not a silent skip (B55)."""
     for plan in plans:
-        if plan.failed:
+        if plan.failed or plan.skip:
             continue
         missing = [i for i in required_items(plan.vm) if i not in plan.items]
         if missing and pass_.ended_early:
@@ -215,11 +215,13 @@ def register(app, plans: list[VMPlan], staging: str, reporter: Reporter,
     Each move is undone (back into the staging directory, then removed) if the
     transaction does not save.
     """
-    failed = {p.name for p in plans if p.failed}
+    failed = {p.target_name for p in plans if p.failed}
     for plan in plans:
+        if plan.skip:
+            continue
         if not plan.failed and plan.template in failed:
             plan.failed = f"its template '{plan.template}' was not restored"
-            failed.add(plan.name)
+            failed.add(plan.target_name)
             result.failed[plan.name] = plan.failed
             reporter.problem(Problem("register", plan.failed, plan.name))
         if plan.failed:
@@ -233,32 +235,34 @@ def register(app, plans: list[VMPlan], staging: str, reporter: Reporter,
             os.makedirs(os.path.dirname(new.dir_path), exist_ok=True)
             os.rename(src, new.dir_path)
             app.on_rollback(lambda a=new.dir_path, b=src: os.rename(a, b))
-            result.restored.append(plan.name)
+            result.restored.append(plan.target_name)
         except (QubesError, OSError) as exc:
             cause = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
-            if app.get(plan.name) is not None:
-                app.remove(app[plan.name])
+            if app.get(plan.target_name) is not None:
+                app.remove(app[plan.target_name])
             plan.failed = cause
-            failed.add(plan.name)
+            failed.add(plan.target_name)
             result.failed[plan.name] = cause
             reporter.problem(Problem("register", cause, plan.name))
 
 
-def adopt_globals(app, backup, restored: list[str], reporter: Reporter) -> None:
+def adopt_globals(app, backup, plans: list[VMPlan], reporter: Reporter) -> None:
     """Global defaults the target lacks are taken from the backup when their VM came back.
 
     Without this a restored AppVM that follows the default NetVM would end up offline.
     """
+    came_back = {p.name: p.target_name for p in plans if not p.skip and not p.failed}
     for attr in GLOBAL_VM_REFS:
         theirs = getattr(backup, attr)
-        if getattr(app, attr) is None and theirs is not None and theirs.name in restored:
-            app.set_global(attr, theirs.name)
-            reporter.message(f"{attr.replace('_', '-')} set to '{theirs.name}' as in the backup")
+        if getattr(app, attr) is None and theirs is not None and theirs.name in came_back:
+            app.set_global(attr, came_back[theirs.name])
+            reporter.message(f"{attr.replace('_', '-')} set to '{came_back[theirs.name]}' "
+                             "as in the backup")
 
 
 def _create(app, plan: VMPlan, reporter: Reporter):
     vm = plan.vm
-    new = app.add_new_vm(vm.TYPE, plan.name, template=plan.template)
+    new = app.add_new_vm(vm.TYPE, plan.target_name, template=plan.template)
     for prop in vm.property_list():
         name = prop.name
         if name in NOT_COPIED or vm.is_default(name) or not new.has_property(name):
@@ -269,6 +273,7 @@ def _create(app, plan: VMPlan, reporter: Reporter):
             reporter.warning(f"VM '{plan.name}': {exc}; using the default")
     if not plan.netvm_default and vm.HAS_NETVM:
         new.set_prop("netvm", plan.netvm)
+
     return new
 
 

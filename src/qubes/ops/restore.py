@@ -12,7 +12,8 @@ import subprocess
 from dataclasses import dataclass
 
 from qubes.backup.report import Reporter
-from qubes.backup.restore import BackupSource, RestoreOptions, RestoreResult, VMPlan, make_plan
+from qubes.backup.plan import VMPlan, make_plan
+from qubes.backup.restore import BackupSource, RestoreOptions, RestoreResult
 from qubes.backup.restore_run import (DataPass, adopt_globals, check_complete, discard,
                                       register, staging_dir)
 from qubes.errors import QubesError
@@ -104,11 +105,22 @@ def open_backup(base_dir: str, host, origin, options: RestoreOptions, warn=None)
         origin.check()  # a failed source command explains a broken stream better
         raise
     if options.verify_only:
-        plans = make_plan(source, None, options)
+        plans = make_plan(source.collection, None, options.plan)
     else:
         with read_collection(base_dir, host, warn=warn) as target:
-            plans = make_plan(source, target, options)
+            plans = make_plan(source.collection, target, options.plan)
+        check_space(base_dir, plans)
     return RestoreRun(source, plans, options)
+
+
+def check_space(base_dir: str, plans: list[VMPlan]) -> None:
+    """Refuse before writing anything when the VMs cannot fit (B14)."""
+    needed = sum(p.vm.backup_size for p in plans if not p.skip)
+    st = os.statvfs(base_dir)
+    free = st.f_bavail * st.f_frsize
+    if needed > free:
+        raise QubesError(f"not enough space in {base_dir} to restore: {needed} bytes needed, "
+                         f"{free} bytes available")
 
 
 def execute(base_dir: str, host, run: RestoreRun, reporter: Reporter) -> RestoreResult:
@@ -119,10 +131,10 @@ def execute(base_dir: str, host, run: RestoreRun, reporter: Reporter) -> Restore
         data = DataPass(run.source, run.plans, staging, run.options, reporter)
         data.run()
         check_complete(run.plans, data)
-        if not run.options.verify_only and any(not p.failed for p in run.plans):
+        if not run.options.verify_only and any(not p.failed and not p.skip for p in run.plans):
             with modify_collection(base_dir, host) as app:
                 register(app, run.plans, staging, reporter, result)
-                adopt_globals(app, run.source.collection, result.restored, reporter)
+                adopt_globals(app, run.source.collection, run.plans, reporter)
     except BaseException as exc:
         if staging is not None:
             exc.add_note(f"removed the partly restored data in {staging}")

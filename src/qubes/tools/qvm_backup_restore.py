@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from qubes.backup.plan import PlanOptions
 from qubes.backup.restore import RestoreOptions
 from qubes.errors import QubesError
 from qubes.ops.restore import CommandSource, FileSource, StreamSource, execute, open_backup
@@ -22,6 +23,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read the backup from the standard output of a shell command")
     p.add_argument("--verify-only", action="store_true",
                    help="read, authenticate and decode everything; change nothing")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    p.add_argument("--skip-broken", action="store_true",
+                   help="leave out VMs whose template or netvm is missing")
+    p.add_argument("--ignore-missing", action="store_true",
+                   help="restore them with the default template / netvm instead")
+    p.add_argument("--skip-conflicting", action="store_true",
+                   help="leave out VMs whose name exists here (the default)")
+    p.add_argument("--rename-conflicting", action="store_true",
+                   help="restore them as NAME1, NAME2, ...; references follow")
+    p.add_argument("--replace-template", action="append", default=[], metavar="OLD:NEW",
+                   help="use template NEW for VMs based on OLD (repeatable)")
+    p.add_argument("-x", "--exclude", action="append", default=[], metavar="VM",
+                   help="do not restore VM (repeatable)")
+    p.add_argument("--skip-dom0-home", action="store_true", help="do not restore dom0's home")
+    p.add_argument("--ignore-username-mismatch", action="store_true",
+                   help="restore a home backed up under another user name")
     add_common_options(p)
     add_progress_option(p)
     return p
@@ -42,16 +59,40 @@ def _origin(args):
     return FileSource(args.source)
 
 
+def _plan_options(args) -> PlanOptions:
+    replace = []
+    for pair in args.replace_template:
+        old, sep, new = pair.partition(":")
+        if not sep or not old or not new:
+            raise _cli.UsageError(f"--replace-template takes OLD:NEW, not '{pair}'")
+        replace.append((old, new))
+    if args.skip_conflicting and args.rename_conflicting:
+        raise _cli.UsageError("--skip-conflicting and --rename-conflicting exclude each other")
+    if args.skip_broken and args.ignore_missing:
+        raise _cli.UsageError("--skip-broken and --ignore-missing exclude each other")
+    return PlanOptions(vms=tuple(args.vms), exclude=tuple(args.exclude),
+                       verify_only=args.verify_only, skip_broken=args.skip_broken,
+                       ignore_missing=args.ignore_missing,
+                       rename_conflicting=args.rename_conflicting,
+                       replace_template=tuple(replace))
+
+
 def _print_plan(plans, verify: bool, out) -> None:
     print("The following VMs will be " + ("verified:" if verify else "restored:"), file=out)
     for plan in plans:
+        if plan.skip:
+            print(f"  {plan.name:<20} SKIPPED: {plan.skip}", file=out)
+            continue
         template = plan.template or "-"
         netvm = "(default)" if plan.netvm_default else (plan.netvm or "none")
-        print(f"  {plan.name:<20} {plan.vm.TYPE:<12} template: {template:<16} netvm: {netvm}",
+        name = plan.name if plan.target_name == plan.name else f"{plan.name} -> {plan.target_name}"
+        print(f"  {name:<20} {plan.vm.TYPE:<12} template: {template:<16} netvm: {netvm}",
               file=out)
+        for note in plan.notes:
+            print(f"      {note}", file=out)
 
 
-def _report(plans, reporter, verify: bool) -> int:
+def _report(plans, reporter, verify: bool, requested: tuple[str, ...]) -> int:
     for problem in reporter.problems:
         print(f"ERROR: {problem}", file=sys.stderr)
     for warning in reporter.warnings:
@@ -62,13 +103,18 @@ def _report(plans, reporter, verify: bool) -> int:
     for plan in plans:
         if plan.failed:
             print(f"VM {plan.name}: FAILED: {plan.failed}", file=sys.stderr)
+        elif plan.skip:
+            print(f"VM {plan.name}: skipped: {plan.skip}")
         else:
-            print(f"VM {plan.name}: {word}")
-    if any(p.failed for p in plans) or reporter.problems:
+            print(f"VM {plan.name}: {word}" + (f" as {plan.target_name}"
+                                                if plan.target_name != plan.name else ""))
+    missed = [p for p in plans if p.failed or (p.skip and p.name in requested)]
+    if missed or reporter.problems:
         print(f"ERROR: the backup was not {word} completely "
-              f"({sum(1 for p in plans if p.failed)} of {len(plans)} VMs failed)", file=sys.stderr)
+              f"({len(missed)} of {len(plans)} VMs did not come back)", file=sys.stderr)
         return 1
-    print(f"-> {'Verification' if verify else 'Restore'} completed: {len(plans)} VMs {word}.")
+    done = sum(1 for p in plans if not p.skip)
+    print(f"-> {'Verification' if verify else 'Restore'} completed: {done} VMs {word}.")
     return 0
 
 
@@ -77,11 +123,13 @@ def handle(ctx) -> int:
     origin = _origin(args)
     try:
         passphrase = read_passphrase(args.passphrase_file, confirm=False)
-        options = RestoreOptions(passphrase=passphrase, vms=tuple(args.vms),
-                                 verify_only=args.verify_only, tmpdir=args.tmpdir)
+        options = RestoreOptions(passphrase=passphrase, plan=_plan_options(args),
+                                 tmpdir=args.tmpdir)
         run = open_backup(ctx.base_dir, ctx.host, origin, options, warn=ctx.warn)
-        if not args.quiet:
+        if not args.quiet or args.dry_run:
             _print_plan(run.plans, args.verify_only, sys.stdout)
+        if args.dry_run:
+            return 0
         if not confirm("Do you want to proceed?", args.yes):
             return 0
         reporter = ProgressReporter(args.progress)
@@ -92,7 +140,7 @@ def handle(ctx) -> int:
         origin.check()
     finally:
         origin.close()
-    return _report(run.plans, reporter, args.verify_only)
+    return _report(run.plans, reporter, args.verify_only, tuple(args.vms))
 
 
 def main(argv=None) -> int:
