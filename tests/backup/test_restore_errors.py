@@ -194,3 +194,19 @@ def test_existing_name_is_skipped_and_serves_dependents(base, tmp_path, passfile
     assert (base / "vm-templates/tpl/root.img").stat().st_ino == host_root.st_ino
     named = run("qvm-backup-restore", "--passphrase-file", passfile, backup, "tpl", check=False)
     assert named.returncode == 1, "an explicitly requested VM that did not come back"
+
+
+def test_leftover_directory_is_moved_aside_never_merged(base, tmp_path, passfile):
+    """B33: the final layout is exactly <vmdir>/work/private.img."""
+    backup = peer_backup(tmp_path, passfile, "--vm", "template:tpl", "--vm", "app:work")
+    stray = base / "appvms" / "work"
+    stray.mkdir(parents=True)
+    (stray / "junk").write_text("old")
+    proc = run("qvm-backup-restore", "--passphrase-file", passfile, backup)
+    assert b"was in the way" in proc.stderr
+    assert sorted(p.name for p in (base / "appvms" / "work").iterdir()) == \
+        sorted(p.name for p in (base / "appvms" / "work").iterdir() if p.name != "junk")
+    assert not (base / "appvms" / "work" / "junk").exists()
+    assert not (base / "appvms" / "work" / "work").exists()
+    aside = list((base / "appvms").glob("work.leftover-*"))
+    assert len(aside) == 1 and (aside[0] / "junk").read_text() == "old"

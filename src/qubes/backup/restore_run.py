@@ -230,8 +230,12 @@ def register(app, plans: list[VMPlan], staging: str, reporter: Reporter,
             new = _create(app, plan, reporter)
             src = os.path.join(staging, plan.name)
             os.makedirs(src, exist_ok=True)
-            if os.path.lexists(new.dir_path):
-                raise QubesError(f"{new.dir_path} already exists; not merging into it")
+            if os.path.lexists(new.dir_path):  # B33: never merge into a leftover
+                aside = f"{new.dir_path}.leftover-{time.strftime('%Y%m%dT%H%M%S')}"
+                os.rename(new.dir_path, aside)
+                app.on_rollback(lambda a=aside, b=new.dir_path: os.rename(a, b))
+                reporter.warning(f"directory {new.dir_path} was in the way (no VM owns it); "
+                                 f"moved it to {aside}")
             os.makedirs(os.path.dirname(new.dir_path), exist_ok=True)
             os.rename(src, new.dir_path)
             app.on_rollback(lambda a=new.dir_path, b=src: os.rename(a, b))
