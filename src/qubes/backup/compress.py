@@ -175,6 +175,12 @@ class Codec:
     def decompressor(self) -> Decompressor:
         return Decompressor(self.name, self._make_member)
 
+    def compress_block(self, data: bytes, level: int | None = None) -> bytes:
+        """One complete, independent member: blocks compress in parallel threads
+        (the codecs release the GIL) and their concatenation is one valid stream."""
+        c = self.compressor(level)
+        return c.compress(data) + c.flush()
+
 
 def _xz_member(fmt: int) -> Callable[[], _Member]:
     return lambda: _BufferedMember(lambda: lzma.LZMADecompressor(format=fmt))

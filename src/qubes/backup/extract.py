@@ -34,6 +34,7 @@ class _Pipe:
     def __init__(self, depth: int = 8):
         self._q: queue.Queue = queue.Queue(depth)
         self._buf = b""
+        self._pos = 0
         self._done = False
 
     def put(self, data, alive) -> bool:
@@ -46,19 +47,20 @@ class _Pipe:
                     return False
 
     def read(self, n: int = -1) -> bytes:
-        while not self._buf and not self._done:
+        while self._pos >= len(self._buf) and not self._done:
             item = self._q.get()
             if item is _EOF:
                 self._done = True
             elif isinstance(item, _Abort):
                 raise item
             else:
-                self._buf = item
-        if n < 0 or n >= len(self._buf):
-            out, self._buf = self._buf, b""
-        else:
-            out, self._buf = self._buf[:n], self._buf[n:]
-        return out
+                self._buf, self._pos = item, 0
+        start = self._pos
+        end = len(self._buf) if n < 0 else min(len(self._buf), start + n)
+        self._pos = end
+        if start == 0 and end == len(self._buf):
+            return self._buf  # the common case: no copy
+        return self._buf[start:end]
 
 
 def relative_path(untrusted_name: str, subdir: str, item_name: str) -> str | None:
@@ -110,7 +112,7 @@ class InnerExtractor:
 
     def _run(self) -> None:
         try:
-            with tarfile.open(fileobj=self._pipe, mode="r|") as tar:
+            with tarfile.open(fileobj=self._pipe, mode="r|", bufsize=1 << 20) as tar:
                 seen = set()
                 for member in tar:
                     self._member(tar, member, seen)
