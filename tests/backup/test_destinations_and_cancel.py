@@ -63,7 +63,7 @@ def _big_vm(base, mib: int) -> None:
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_cancelled_backup_leaves_no_partial_output(base, tmp_path, passfile, sig, code):
-    _big_vm(base, 160)
+    _big_vm(base, 320)
     out = tmp_path / "out"
     out.mkdir()
     proc = subprocess.Popen([BIN / "qvm-backup", "--passphrase-file", passfile, out, "work"],
@@ -82,14 +82,18 @@ def test_cancelled_backup_leaves_no_partial_output(base, tmp_path, passfile, sig
 
 
 def test_cancelled_restore_leaves_no_partial_vm(base, tmp_path, passfile, monkeypatch):
-    _big_vm(base, 160)
+    _big_vm(base, 64)
     backup = tmp_path / "b.bin"
-    run("qvm-backup", "--no-compress", "--passphrase-file", passfile, backup, "work", "tpl")
+    run("qvm-backup", "--no-compress", "--passphrase-file", passfile, backup, "tpl", "work",
+        env={"QUBES_BACKUP_CHUNK_SIZE": str(8 << 20)})
     target = tmp_path / "target"
     monkeypatch.setenv("QUBES_BASE_DIR", str(target))
     run("qvm-init-storage")
     before = (target / "qubes.xml").read_bytes()
-    proc = subprocess.Popen([BIN / "qvm-backup-restore", "--passphrase-file", passfile, backup],
+    # half of the backup arrives, then the source stalls: the restore is mid-VM
+    half = backup.stat().st_size // 2
+    proc = subprocess.Popen([BIN / "qvm-backup-restore", "--passphrase-file", passfile,
+                             "--source-command", f"head -c {half} '{backup}'; sleep 30"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not list(target.glob(".restore-*/*")):

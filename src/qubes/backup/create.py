@@ -9,6 +9,7 @@ concatenation as one stream); encryption, HMAC and output stay in order.
 from __future__ import annotations
 
 import os
+import stat
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -133,9 +134,36 @@ def _write_stream(writer: OuterWriter, item: Item, options: BackupOptions, on_in
         sink.abort()
 
 
+def _add_home(tar: TarWriter, root: str, arcroot: str) -> None:
+    """dom0 home: links stay links with their targets verbatim (B37, B38)."""
+    inodes: dict[tuple[int, int], str] = {}
+    tar.add_dir(arcroot + "/", mode=os.stat(root).st_mode & 0o7777)
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, root)
+        base = arcroot if rel_dir == "." else f"{arcroot}/{rel_dir}"
+        for name in dirnames + sorted(filenames):
+            path, arcname = os.path.join(dirpath, name), f"{base}/{name}"
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                tar.add_symlink(arcname, os.readlink(path), mtime=int(st.st_mtime))
+            elif stat.S_ISDIR(st.st_mode):
+                tar.add_dir(arcname + "/", mode=st.st_mode & 0o7777, mtime=int(st.st_mtime))
+            elif stat.S_ISREG(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if st.st_nlink > 1 and key in inodes:
+                    tar.add_hardlink(arcname, inodes[key])
+                else:
+                    inodes[key] = arcname
+                    tar.add_file(path, arcname)
+            # sockets, fifos and devices carry no data worth restoring
+
+
 def _add_item(item: Item):
     def add(tar: TarWriter) -> None:
-        if os.path.isdir(item.source):
+        if item.links:
+            _add_home(tar, item.source, item.name)
+        elif os.path.isdir(item.source):
             _add_tree(tar, item.source, item.name.rstrip("/"))
         else:
             tar.add_file(item.source, item.name)

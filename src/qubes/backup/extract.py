@@ -83,10 +83,13 @@ class InnerExtractor:
     """Parses one item's inner tar in a thread; writes into `dest` (None: verify only)."""
 
     def __init__(self, item_name: str, subdir: str, dest: str | None,
-                 capture: dict | None = None, capture_limit: int = 0):
+                 capture: dict | None = None, capture_limit: int = 0, links: bool = False):
         self.item_name = item_name
         self.subdir = subdir
         self.dest = dest
+        self.links = links          # dom0 home: symlinks and hard links allowed, inside it
+        self._symlinks: set[str] = set()
+        self._regular: set[str] = set()
         self.capture = capture
         self.capture_limit = capture_limit
         self.error: BaseException | None = None
@@ -119,7 +122,7 @@ class InnerExtractor:
                 # drain the padding so the writer never blocks
                 while self._pipe.read(1 << 16):
                     pass
-            if not self.files and self.capture is None:
+            if not self.files and self.capture is None and not self.links:
                 raise BackupError(f"item '{self.item_name}': the archive holds no file",
                                   self.item_name)
         except _Abort:
@@ -149,9 +152,13 @@ class InnerExtractor:
             raise UnsafeArchiveError(f"item '{self.item_name}': member '{member.name}' "
                                      "appears twice", member.name)
         seen.add(rel)
+        self._check_parents(rel, member.name)
         if member.isdir():
             if rel is not None and self.dest is not None:
                 os.makedirs(os.path.join(self.dest, rel), mode=0o755, exist_ok=True)
+            return
+        if self.links and rel is not None and (member.issym() or member.islnk()):
+            self._link(member, rel)
             return
         if not member.isreg() or rel is None:
             raise UnsafeArchiveError(
@@ -164,8 +171,36 @@ class InnerExtractor:
             self.capture[rel] = tar.extractfile(member).read()
             return
         self.files.append(rel)
+        self._regular.add(rel)
         path = None if self.dest is None else os.path.join(self.dest, rel)
         self._copy(tar, member, path)
+        if path is not None and self.links:
+            os.chmod(path, member.mode & 0o777)
+
+    def _check_parents(self, rel: str | None, name: str) -> None:
+        """Refuse writing through a link made earlier (symlink then write, B41)."""
+        parts = (rel or "").split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in self._symlinks or "/".join(parts[:i]) in self._regular:
+                raise UnsafeArchiveError(f"item '{self.item_name}': member '{name}' would be "
+                                         "written through a link or file", name)
+
+    def _link(self, member, rel: str) -> None:
+        path = None if self.dest is None else os.path.join(self.dest, rel)
+        if member.issym():
+            self._symlinks.add(rel)
+            if path is not None:
+                os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+                os.symlink(member.linkname, path)  # the target verbatim (B37)
+            return
+        target = relative_path(member.linkname, self.subdir, self.item_name)
+        if target not in self._regular:
+            raise UnsafeArchiveError(f"item '{self.item_name}': hard link '{member.name}' must "
+                                     "point to an earlier file of the same item", member.name)
+        self._regular.add(rel)
+        if path is not None:
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            os.link(os.path.join(self.dest, target), path)
 
     def _pieces(self, tar, member):
         """(offset in the file, data) in stream order, reading the raw member data.

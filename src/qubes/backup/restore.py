@@ -21,10 +21,21 @@ from qubes.backup.plan import PlanOptions
 
 
 @dataclass(frozen=True)
+class HomeOptions:
+    """Where dom0's home goes: `<parent>/home-restore-<timestamp>/dom0-home/<user>/`."""
+
+    user: str
+    parent: str
+    skip: bool = False
+    ignore_username_mismatch: bool = False
+
+
+@dataclass(frozen=True)
 class RestoreOptions:
     passphrase: bytes
     plan: PlanOptions = PlanOptions()
     tmpdir: str | None = None
+    home: HomeOptions | None = None
 
     @property
     def verify_only(self) -> bool:

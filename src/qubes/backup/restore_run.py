@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import time
@@ -19,6 +20,7 @@ from qubes.model.collection import GLOBAL_VM_REFS
 from qubes.util.atomicfile import describe_os_error
 
 DOM0_HOME_PREFIX = "dom0-home/"
+_USER = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 
 # Properties that describe where a VM lived or its backup, not the VM itself.
 NOT_COPIED = {"qid", "uuid", "name", "dir_path", "conf_file", "root_img", "private_img",
@@ -54,6 +56,8 @@ class DataPass:
         self.ended_early = False
         self.done = 0
         self.total = _stream_size(source.reader)
+        self.verify_only = options.verify_only
+        self.home_dir: str | None = None
 
     def problem(self, stage: str, cause: str, vm=None, member=None) -> None:
         p = Problem(stage, cause, vm, member)
@@ -63,8 +67,6 @@ class DataPass:
     def _plan_for(self, item_name: str) -> tuple[VMPlan | None, str | None]:
         """The VM an item belongs to: its backup_path is the item name minus the last part."""
         if item_name.startswith(DOM0_HOME_PREFIX):
-            self.reporter.warning(f"item '{item_name}' (dom0 home) is authenticated but not "
-                                  "restored: restoring dom0 home is not supported yet")
             return None, "dom0"
         path = item_name.rsplit("/", 1)[0] if "/" in item_name else None
         return self.plans.get(path), self.all_paths.get(path)
@@ -132,13 +134,41 @@ class DataPass:
             raise BackupError(f"item '{base}' starts with '{member_name}', expected "
                               f"'{base}.000'", member_name)
         decoder = extractor = None
-        if plan is not None:
+        if vm_name == "dom0":
+            extractor = self._home_extractor(base)
+            decoder = extractor and self.source.decoder(extractor)
+        elif plan is not None:
             subdir = plan.path + "/"
             dest = None if self.staging is None else os.path.join(self.staging, plan.name)
             extractor = InnerExtractor(base, subdir, dest)
             decoder = self.source.decoder(extractor)
             plan.items.append(base[len(subdir):])
         self.item = _OpenItem(base, vm_name, plan, decoder, extractor)
+
+    def _home_extractor(self, item_name: str) -> InnerExtractor | None:
+        """dom0's home goes to a fresh directory, never over existing files (B34-B36)."""
+        user = item_name[len(DOM0_HOME_PREFIX):]
+        home = self.options.home
+        if not _USER.fullmatch(user):
+            self.problem("select", f"dom0 home item '{item_name}' has an invalid user name",
+                         "dom0", item_name)
+            return None
+        if home is None or home.skip:
+            self.reporter.message(f"dom0 home of '{user}' is authenticated but not restored "
+                                  "(--skip-dom0-home)" if home else "")
+            return None
+        if user != home.user and not home.ignore_username_mismatch and not self.verify_only:
+            self.problem("select", f"the dom0 home in the backup belongs to user '{user}', "
+                         f"you are '{home.user}'; use --ignore-username-mismatch to restore it",
+                         "dom0", item_name)
+            return None
+        dest = None
+        if not self.verify_only:
+            self.home_dir = os.path.join(home.parent,
+                                         f"home-restore-{time.strftime('%Y-%m-%dT%H%M%S')}")
+            os.mkdir(self.home_dir, 0o700)
+            dest = os.path.join(self.home_dir, "dom0-home")
+        return InnerExtractor(item_name, DOM0_HOME_PREFIX, dest, links=True)
 
     def _decode(self, item: _OpenItem, chunk: VerifiedChunk) -> None:
         try:
@@ -155,6 +185,14 @@ class DataPass:
                 item.plan.failed = item.plan.failed or cause
             if item.extractor is not None:
                 item.extractor.abort()
+            if item.vm_name == "dom0":
+                self.discard_home()
+
+    def discard_home(self) -> None:
+        """A home restored only in part is removed: it is a new directory, nothing is lost."""
+        if self.home_dir is not None:
+            shutil.rmtree(self.home_dir, ignore_errors=True)
+            self.home_dir = None
 
     def _close_item(self) -> None:
         item, self.item = self.item, None
@@ -167,8 +205,11 @@ class DataPass:
             item.decoder.finish()
         except (crypto.DecryptError, compress.CorruptStream, BackupError) as exc:
             item.failed = True
-            self.problem(item.decoder.stage, str(exc), item.plan.name, item.name)
-            item.plan.failed = item.plan.failed or str(exc)
+            self.problem(item.decoder.stage, str(exc), item.vm_name, item.name)
+            if item.plan is not None:
+                item.plan.failed = item.plan.failed or str(exc)
+            if item.vm_name == "dom0":
+                self.discard_home()
 
 
 def _stream_size(reader) -> int:

@@ -14,12 +14,17 @@ from qubes.util.sizes import disk_usage
 
 @dataclass(frozen=True)
 class Item:
-    """One inner archive: `source` (file or directory) stored as `<subdir><base>`."""
+    """One inner archive: `source` (file or directory) stored as `<subdir><base>`.
+
+    `links`: keep symbolic and hard links as links (dom0 home) instead of
+    storing what they point to (VM files).
+    """
 
     vm: str
     source: str
     subdir: str
     base: str
+    links: bool = False
 
     @property
     def name(self) -> str:
@@ -32,6 +37,7 @@ class BackupPlan:
     items: tuple[Item, ...]
     sizes: dict
     skipped: tuple[str, ...]
+    home: tuple[str, str] | None = None
 
     @property
     def total_size(self) -> int:
@@ -77,8 +83,35 @@ def vm_items(vm, subdir: str) -> list[Item]:
     return items
 
 
-def make_plan(app, names: list[str] | None, exclude: list[str], hide_names: bool) -> BackupPlan:
-    """Select VMs, check their data exists (B25, B40), and list the items."""
+DOM0_HOME = "dom0-home"
+
+
+def home_item(home: str, user: str) -> Item:
+    return Item("dom0", home, f"{DOM0_HOME}/", user, links=True)
+
+
+def check_readable(root: str) -> None:
+    """Name the first file or directory the backup could not read, before writing (B39)."""
+    def fail(path: str, exc: OSError | None = None) -> None:
+        why = exc.strerror if exc is not None else "permission denied"
+        raise QubesError(f"cannot read {path} in the home directory ({why}); fix its "
+                         "permissions or move it out, nothing was written")
+    for dirpath, dirnames, filenames in os.walk(root, onerror=lambda e: fail(e.filename, e)):
+        for name in filenames + dirnames:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                continue
+            mode = os.R_OK | (os.X_OK if name in dirnames else 0)
+            if not os.access(path, mode):
+                fail(path)
+
+
+def make_plan(app, names: list[str] | None, exclude: list[str], hide_names: bool,
+              home: tuple[str, str] | None = None) -> BackupPlan:
+    """Select VMs, check their data exists (B25, B40), and list the items.
+
+    `home` = (directory, user name) adds dom0's home as the last item.
+    """
     if names:
         vms = []
         for name in names:
@@ -94,7 +127,7 @@ def make_plan(app, names: list[str] | None, exclude: list[str], hide_names: bool
         if app.get(name) is None:
             raise NoSuchVMError(name)
     vms = [vm for vm in vms if vm.name not in exclude]
-    if not vms:
+    if not vms and home is None:
         raise QubesError("No VMs selected for backup")
     templates = [vm for vm in vms if vm.is_template]
     others = [vm for vm in vms if not vm.is_template]
@@ -107,8 +140,16 @@ def make_plan(app, names: list[str] | None, exclude: list[str], hide_names: bool
                                  "nothing was written")
             items.append(item)
         sizes[vm.name] = disk_usage(vm.dir_path)
+    if home is not None:
+        directory, user = home
+        if not os.path.isdir(directory):
+            raise QubesError(f"the home directory {directory} does not exist")
+        check_readable(directory)
+        items.append(home_item(directory, user))
+        sizes["dom0"] = disk_usage(directory)
     skipped = tuple(vm.name for vm in app if vm not in vms and not vm.is_adminvm)
-    return BackupPlan(tuple(vm.name for vm in others + templates), tuple(items), sizes, skipped)
+    return BackupPlan(tuple(vm.name for vm in others + templates), tuple(items), sizes, skipped,
+                      home)
 
 
 def mark_collection(app, plan: BackupPlan, hide_names: bool) -> None:
@@ -122,6 +163,10 @@ def mark_collection(app, plan: BackupPlan, hide_names: bool) -> None:
         vm.backup_content = True
         vm.backup_path = backup_path(vm, hide_names)
         vm.backup_size = plan.sizes[name]
+    if plan.home is not None:
+        app.dom0.backup_content = True
+        app.dom0.backup_path = f"{DOM0_HOME}/{plan.home[1]}"
+        app.dom0.backup_size = plan.sizes["dom0"]
 
 
 def archived_vms(app, plan: BackupPlan) -> list:

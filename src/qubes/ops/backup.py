@@ -28,6 +28,15 @@ from qubes.util.text import decode_output
 STDERR_LIMIT = 4096
 
 
+def kill_group(proc: subprocess.Popen) -> None:
+    """Stop a shell command and everything it started (it runs in its own session)."""
+    try:
+        os.killpg(proc.pid, 9)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
 class FileDestination:
     """A backup file, written under a temporary name and renamed when complete."""
 
@@ -139,8 +148,7 @@ class CommandDestination:
 
     def abort(self) -> str | None:
         if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
+            kill_group(self._proc)
             return f"the destination command (killed)"
         return None
 
@@ -169,13 +177,14 @@ class BackupRequest:
     vms: tuple[str, ...]
     exclude: tuple[str, ...]
     options: BackupOptions
+    home: tuple[str, str] | None = None   # (directory, user) of dom0's home
 
 
 def preview(base_dir: str, host, request: BackupRequest, warn=None) -> tuple[BackupPlan, dict]:
     """The plan and each selected VM's class, without changing anything."""
     with read_collection(base_dir, host, warn=warn) as app:
         plan = make_plan(app, list(request.vms), list(request.exclude),
-                         request.options.encrypted)
+                         request.options.encrypted, request.home)
         kinds = {name: app[name] for name in plan.vms}
     return plan, kinds
 
@@ -192,7 +201,7 @@ def run_backup(base_dir: str, host, hypervisor, request: BackupRequest, destinat
     """Mark and select under the write lock, write outside it, then stamp backup_timestamp."""
     hide = request.options.encrypted
     with modify_collection(base_dir, host) as app:
-        plan = make_plan(app, list(request.vms), list(request.exclude), hide)
+        plan = make_plan(app, list(request.vms), list(request.exclude), hide, request.home)
         ensure_halted(hypervisor, [app[n] for n in plan.vms], "back up")
         mark_collection(app, plan, hide)
         selected = [app[n] for n in plan.vms]

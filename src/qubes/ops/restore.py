@@ -17,6 +17,7 @@ from qubes.backup.restore import BackupSource, RestoreOptions, RestoreResult
 from qubes.backup.restore_run import (DataPass, adopt_globals, check_complete, discard,
                                       register, staging_dir)
 from qubes.errors import QubesError
+from qubes.ops.backup import kill_group
 from qubes.store.access import modify_collection, read_collection
 from qubes.util.text import decode_output
 
@@ -80,7 +81,7 @@ class CommandSource:
 
     def close(self) -> None:
         if self._proc.poll() is None:
-            self._proc.kill()
+            kill_group(self._proc)
         code = self._proc.wait()
         self.stream.close()
         if code not in (0, -9):
@@ -127,6 +128,7 @@ def execute(base_dir: str, host, run: RestoreRun, reporter: Reporter) -> Restore
     """The data pass, the completeness check, and registration of every complete VM."""
     result = RestoreResult()
     staging = None if run.options.verify_only else staging_dir(base_dir)
+    data = None
     try:
         data = DataPass(run.source, run.plans, staging, run.options, reporter)
         data.run()
@@ -138,8 +140,13 @@ def execute(base_dir: str, host, run: RestoreRun, reporter: Reporter) -> Restore
     except BaseException as exc:
         if staging is not None:
             exc.add_note(f"removed the partly restored data in {staging}")
+        if data is not None and data.home_dir is not None:
+            exc.add_note(f"removed the partly restored home {data.home_dir}")
+            data.discard_home()
         raise
     finally:
         discard(staging)
+    if data.home_dir is not None:
+        reporter.message(f"dom0 home restored into {data.home_dir}")
     run.result = result
     return result

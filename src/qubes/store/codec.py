@@ -308,7 +308,10 @@ def _common_attributes(vm: QubesVM) -> dict[str, str]:
 def stub_attributes(vm: QubesVM) -> dict[str, str]:
     """Only what names a VM that others refer to (a backup's dependencies, B42)."""
     a = {"qid": str(vm.qid), "name": vm.name, "label": vm.label.name,
-         "template_qid": _ref(vm.template), "backup_content": "False"}
+         "template_qid": _ref(vm.template), "backup_content": str(vm.backup_content)}
+    if vm.backup_content:  # dom0 carrying its home
+        a["backup_path"] = vm.backup_path
+        a["backup_size"] = str(vm.backup_size)
     if vm.provides_network:
         a["netid"] = str(vm.netid)
     return a

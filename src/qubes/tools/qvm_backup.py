@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import sys
 
@@ -26,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory (gets qubes-YYYY-MM-DDTHHMMSS), file path, or - for stdout")
     p.add_argument("vms", nargs="*", metavar="VM", help="VMs to back up (default: all included)")
     p.add_argument("-x", "--exclude", action="append", default=[], metavar="VM")
+    p.add_argument("--dom0-home", action="store_true",
+                   help="also back up your home directory (links kept as links)")
     p.add_argument("--dest-command", metavar="CMD",
                    help="send the backup to the standard input of a shell command")
     p.add_argument("-e", "--encrypt", action="store_true", help="encrypt (the default)")
@@ -77,6 +80,8 @@ def _summary(plan, vms, out) -> None:
         kind = "Template VM" if vm.is_template else \
             ("NetVM" if vm.provides_network else "AppVM") + (" + Sys" if vm.updateable else "")
         print(f"{name:>16} {kind:>12} {size_to_human(plan.sizes[name]):>12}", file=out)
+    if plan.home is not None:
+        print(f"{'dom0':>16} {'User home':>12} {size_to_human(plan.sizes['dom0']):>12}", file=out)
     print(f"Total size: {size_to_human(plan.total_size)}", file=out)
     if plan.skipped:
         print(f"VMs not selected for backup: {', '.join(plan.skipped)}", file=out)
@@ -98,12 +103,18 @@ def _options(args, passphrase: bytes, destination) -> BackupOptions:
                          crypto_algorithm=args.enc_algo, chunk_size=_chunk_size(), tmpdir=tmpdir)
 
 
+def _home(args) -> tuple[str, str] | None:
+    if not args.dom0_home:
+        return None
+    return os.path.expanduser("~"), getpass.getuser()
+
+
 def handle(ctx) -> int:
     args = ctx.args
     destination = _destination(args)
     info = sys.stdout if isinstance(destination, FileDestination) else sys.stderr
     probe = BackupRequest(tuple(args.vms), tuple(args.exclude),
-                          _options(args, b"-", destination))
+                          _options(args, b"-", destination), _home(args))
     plan, vms = preview(ctx.base_dir, ctx.host, probe, warn=ctx.warn)
     if not args.quiet:
         _summary(plan, vms, info)
@@ -112,7 +123,7 @@ def handle(ctx) -> int:
         return 0
     passphrase = read_passphrase(args.passphrase_file, confirm=True)
     request = BackupRequest(tuple(args.vms), tuple(args.exclude),
-                            _options(args, passphrase, destination))
+                            _options(args, passphrase, destination), _home(args))
     reporter = ProgressReporter(args.progress)
     try:
         run_backup(ctx.base_dir, ctx.host, ctx.hypervisor, request, destination, reporter)

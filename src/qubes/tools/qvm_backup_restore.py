@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import getpass
+import os
 import sys
 
 from qubes.backup.plan import PlanOptions
-from qubes.backup.restore import RestoreOptions
+from qubes.backup.restore import HomeOptions, RestoreOptions
 from qubes.errors import QubesError
 from qubes.ops.restore import CommandSource, FileSource, StreamSource, execute, open_backup
 from qubes.tools import _cli
@@ -37,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-x", "--exclude", action="append", default=[], metavar="VM",
                    help="do not restore VM (repeatable)")
     p.add_argument("--skip-dom0-home", action="store_true", help="do not restore dom0's home")
+    p.add_argument("--dom0-home-dir", metavar="DIR",
+                   help="where home-restore-<time>/ is made (default: your home directory)")
     p.add_argument("--ignore-username-mismatch", action="store_true",
                    help="restore a home backed up under another user name")
     add_common_options(p)
@@ -123,8 +127,14 @@ def handle(ctx) -> int:
     origin = _origin(args)
     try:
         passphrase = read_passphrase(args.passphrase_file, confirm=False)
+        home = HomeOptions(user=getpass.getuser(),
+                           parent=args.dom0_home_dir or os.path.expanduser("~"),
+                           skip=args.skip_dom0_home,
+                           ignore_username_mismatch=args.ignore_username_mismatch)
+        if not home.skip and not os.path.isdir(home.parent):
+            raise QubesError(f"--dom0-home-dir {home.parent} is not a directory")
         options = RestoreOptions(passphrase=passphrase, plan=_plan_options(args),
-                                 tmpdir=args.tmpdir)
+                                 tmpdir=args.tmpdir, home=home)
         run = open_backup(ctx.base_dir, ctx.host, origin, options, warn=ctx.warn)
         if not args.quiet or args.dry_run:
             _print_plan(run.plans, args.verify_only, sys.stdout)

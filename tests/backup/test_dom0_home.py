@@ -1,0 +1,125 @@
+"""dom0 home in backups (CASES.md B34-B39): links exact, nothing overwritten, users checked."""
+from __future__ import annotations
+
+import getpass
+import os
+
+import pytest
+
+from qubes.backup.selection import check_readable
+from qubes.errors import QubesError
+from tests.backup.helpers import make_demo_vms
+from tests.conftest import run
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    h = tmp_path / "home"
+    (h / "docs" / "v2").mkdir(parents=True)
+    (h / ".bashrc").write_text("Y\n")
+    (h / "docs" / "v2" / "report.txt").write_text("report\n")
+    os.symlink("../v2", h / "docs" / "current")      # relative, with ..
+    os.symlink("/etc/hosts", h / "abs")              # absolute
+    os.symlink(".", h / "self")
+    os.symlink("/nonexistent/file", h / "dangling")  # B38
+    os.link(h / ".bashrc", h / "bashrc-hardlink")
+    (h / "empty").mkdir()
+    big = h / "sparse.img"
+    with open(big, "wb") as f:
+        f.truncate(64 << 20)
+        f.seek(1 << 20)
+        f.write(os.urandom(4096))
+    monkeypatch.setenv("HOME", str(h))
+    return h
+
+
+def test_home_round_trip_keeps_links_and_overwrites_nothing(base, tmp_path, home):
+    make_demo_vms(base)
+    pw = tmp_path / "pw"
+    pw.write_text("pw\n")
+    backup = tmp_path / "b.bin"
+    run("qvm-backup", "--dom0-home", "--passphrase-file", pw, backup, "work")
+    (home / ".bashrc").write_text("X\n")  # changed after the backup: must stay X (B36)
+    target = tmp_path / "restore-into"
+    target.mkdir()
+    proc = run("qvm-backup-restore", "--passphrase-file", pw, "--dom0-home-dir", target,
+               "--rename-conflicting", backup)
+    restored_root = next(target.glob("home-restore-*"))
+    assert str(restored_root) in proc.stdout.decode()  # the path is printed
+    user = getpass.getuser()
+    r = restored_root / "dom0-home" / user
+    assert (home / ".bashrc").read_text() == "X\n"
+    assert (r / ".bashrc").read_text() == "Y\n"
+    assert os.readlink(r / "docs" / "current") == "../v2"          # B37
+    assert os.readlink(r / "abs") == "/etc/hosts"
+    assert os.readlink(r / "self") == "."
+    assert os.readlink(r / "dangling") == "/nonexistent/file"       # B38
+    assert os.stat(r / "bashrc-hardlink").st_ino == os.stat(r / ".bashrc").st_ino
+    assert (r / "empty").is_dir() and (r / "docs" / "v2" / "report.txt").read_text() == "report\n"
+    assert (r / "sparse.img").read_bytes() == (home / "sparse.img").read_bytes()
+    assert os.stat(r / "sparse.img").st_blocks * 512 < 1 << 20
+
+
+def test_username_mismatch_is_refused_unless_asked(base, tmp_path, home, monkeypatch):
+    pw = tmp_path / "pw"
+    pw.write_text("pw\n")
+    backup = tmp_path / "b.bin"
+    monkeypatch.setenv("USER", "alice")
+    monkeypatch.setenv("LOGNAME", "alice")
+    run("qvm-backup", "--dom0-home", "--passphrase-file", pw, backup)
+    monkeypatch.setenv("USER", "bob")
+    monkeypatch.setenv("LOGNAME", "bob")
+    target = tmp_path / "t"
+    target.mkdir()
+    proc = run("qvm-backup-restore", "--passphrase-file", pw, "--dom0-home-dir", target, backup,
+               check=False)
+    assert proc.returncode == 1
+    err = proc.stderr.decode()
+    assert "'alice'" in err and "'bob'" in err and "--ignore-username-mismatch" in err
+    assert list(target.iterdir()) == []
+    run("qvm-backup-restore", "--passphrase-file", pw, "--dom0-home-dir", target,
+        "--ignore-username-mismatch", backup)
+    assert (next(target.glob("home-restore-*")) / "dom0-home" / "alice" / ".bashrc").exists()
+
+
+def test_skip_dom0_home_and_verify_only(base, tmp_path, home):
+    pw = tmp_path / "pw"
+    pw.write_text("pw\n")
+    backup = tmp_path / "b.bin"
+    run("qvm-backup", "--dom0-home", "--passphrase-file", pw, backup)
+    target = tmp_path / "t"
+    target.mkdir()
+    run("qvm-backup-restore", "--verify-only", "--passphrase-file", pw, "--dom0-home-dir",
+        target, backup)
+    run("qvm-backup-restore", "--skip-dom0-home", "--passphrase-file", pw, "--dom0-home-dir",
+        target, backup)
+    assert list(target.iterdir()) == []
+
+
+def test_home_in_archive_without_dom0_entry_is_still_offered(base, tmp_path):
+    """B34: the peer writes a home whatever qubes.xml says; it must not be ignored."""
+    from tests.conftest import peers_or_skip
+    import subprocess
+    pw = tmp_path / "pw"
+    pw.write_text("pw\n")
+    out = tmp_path / "peer.bin"
+    subprocess.run([peers_or_skip() / "make-backup-v3", "-q", "-p", pw, "--vm", "template:t",
+                    out], check=True, capture_output=True)
+    target = tmp_path / "t"
+    target.mkdir()
+    proc = run("qvm-backup-restore", "--passphrase-file", pw, "--dom0-home-dir", target,
+               "--ignore-username-mismatch", out)
+    assert "dom0 home restored into" in proc.stdout.decode()
+    assert (next(target.glob("home-restore-*")) / "dom0-home" / "user" / ".bashrc").exists()
+
+
+def test_unreadable_file_is_named_before_anything_is_written(tmp_path, monkeypatch):
+    """B39. As root every file is readable, so the check's decision is simulated here."""
+    h = tmp_path / "h"
+    (h / "sub").mkdir(parents=True)
+    (h / "sub" / "secret").write_text("x")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, m: not str(p).endswith("secret")
+                        and real_access(p, m))
+    with pytest.raises(QubesError, match=r"cannot read .*sub/secret.*nothing was written"):
+        check_readable(str(h))
