@@ -70,13 +70,15 @@ PEER_VARIANTS = {
 }
 
 
-def manifest_files(manifest) -> dict[tuple[str, str], str]:
+def manifest_files(manifest, only: str | None = None) -> dict[tuple[str, str], str]:
+    """(vm, path) -> sha256 of the manifest's files: VMs' by default, or one VM's."""
     files = {}
     for line in manifest.read_text(encoding="utf-8").splitlines():
         if line.startswith("#"):
             continue
         kind, digest, _size, vm, path, _restore = line.split("\t")
-        if kind == "f" and vm not in ("-", "dom0"):
+        wanted = vm == only if only else vm not in ("-", "dom0")
+        if kind == "f" and wanted:
             files[(vm, path)] = digest
     return files
 
@@ -87,9 +89,15 @@ def test_peer_backup_is_restored_by_us(base, tmp_path, passfile, variant):
     out = tmp_path / "peer.bin"
     subprocess.run([peers / "make-backup-v3", "-q", "-p", passfile, *PEER_VARIANTS[variant], out],
                    check=True, capture_output=True, timeout=300)
-    proc = run("qvm-backup-restore", "--passphrase-file", passfile, out)
+    homes = tmp_path / "homes"
+    homes.mkdir()
+    proc = run("qvm-backup-restore", "--passphrase-file", passfile, "--dom0-home-dir", homes,
+               "--ignore-username-mismatch", out)
     assert b"Restore completed" in proc.stdout
     expected = manifest_files(out.with_name("peer.bin.manifest"))
+    home = next(homes.glob("home-restore-*")) / "dom0-home" / "user"
+    for (vm, path), digest in manifest_files(out.with_name("peer.bin.manifest"), "dom0").items():
+        assert sha256_file(home / path) == digest, path
     listing = run("qvm-ls", "--raw-list").stdout.decode().split()
     for (vm, path), digest in expected.items():
         assert vm in listing

@@ -47,7 +47,7 @@ def test_wrong_passphrase_creates_nothing(base, tmp_path, passfile):
     wrong = tmp_path / "wrong"
     wrong.write_text("not it\n")
     before = files_under(base)
-    proc = run("qvm-backup-restore", "--passphrase-file", wrong, backup, check=False)
+    proc = run("qvm-backup-restore", "--skip-dom0-home", "--passphrase-file", wrong, backup, check=False)
     assert proc.returncode == 1
     err = proc.stderr.decode()
     assert "passphrase is wrong" in err and "header has been modified" in err
@@ -65,7 +65,7 @@ def test_flipped_byte_names_the_chunk_every_time(base, tmp_path, passfile, verif
     extra = ["--verify-only"] if verify else []
     messages = set()
     for _ in range(2 if verify else 1):  # B04: same member every run
-        proc = run("qvm-backup-restore", *extra, "--passphrase-file", passfile, bad, check=False)
+        proc = run("qvm-backup-restore", "--skip-dom0-home", *extra, "--passphrase-file", passfile, bad, check=False)
         assert proc.returncode == 1
         err = proc.stderr.decode()
         assert "vm2/private.img.004" in err and "HMAC verification failed" in err
@@ -89,7 +89,7 @@ def test_truncated_backup_fails_the_cut_vm(base, tmp_path, passfile):
     with tarfile.open(backup, ignore_zeros=True) as tf:
         offset = next(m.offset for m in tf if m.name == "vm1/..001")
     cut.write_bytes(data[:offset + 700])
-    proc = run("qvm-backup-restore", "--passphrase-file", passfile, cut, check=False)
+    proc = run("qvm-backup-restore", "--skip-dom0-home", "--passphrase-file", passfile, cut, check=False)
     assert proc.returncode == 1
     err = proc.stderr.decode()
     assert "truncated" in err and "tpl" in err
@@ -105,7 +105,7 @@ def test_vm_listed_without_data_is_a_failure(base, tmp_path, passfile):
     backup = peer_backup(tmp_path, passfile, "--vm", "template:tpl", "--vm", "app:work",
                          "--vm", "app:ghost:nodata")
     for extra in (["--verify-only"], []):
-        proc = run("qvm-backup-restore", *extra, "--passphrase-file", passfile, backup,
+        proc = run("qvm-backup-restore", "--skip-dom0-home", *extra, "--passphrase-file", passfile, backup,
                    check=False)
         assert proc.returncode == 1
         assert "ghost" in proc.stderr.decode() and "missing" in proc.stderr.decode()
@@ -152,7 +152,7 @@ def test_hostile_inner_archive_is_refused(base, tmp_path, passfile, attack):
     backup = peer_backup(tmp_path, passfile, "--vm", "template:tpl", "--vm", "app:work",
                          "--raw-item", f"vm2/private.img={raw}", "--no-home")
     outside_before = files_under(tmp_path.parent)
-    proc = run("qvm-backup-restore", "--passphrase-file", passfile, backup, check=False)
+    proc = run("qvm-backup-restore", "--skip-dom0-home", "--passphrase-file", passfile, backup, check=False)
     assert proc.returncode == 1, proc.stdout
     assert "vm2/private.img" in proc.stderr.decode()
     assert "work" not in listing(base)
@@ -170,14 +170,14 @@ def test_hostile_vm_names_are_refused_before_writing(base, tmp_path, passfile):
     if proc.returncode != 0:
         pytest.skip(f"peer refused the invalid name: {proc.stderr.decode()[:200]}")
     before = files_under(base)
-    proc = run("qvm-backup-restore", "--passphrase-file", passfile, out, check=False)
+    proc = run("qvm-backup-restore", "--skip-dom0-home", "--passphrase-file", passfile, out, check=False)
     assert proc.returncode == 1
     assert "1bad-name" in proc.stderr.decode()
     assert files_under(base) == before
 
 
 def test_missing_backup_file(base, tmp_path, passfile):
-    proc = run("qvm-backup-restore", "--passphrase-file", passfile, tmp_path / "nope", check=False)
+    proc = run("qvm-backup-restore", "--skip-dom0-home", "--passphrase-file", passfile, tmp_path / "nope", check=False)
     assert proc.returncode == 1
     assert f"backup file not found: {tmp_path / 'nope'}" in proc.stderr.decode()
 
@@ -187,12 +187,12 @@ def test_existing_name_is_skipped_and_serves_dependents(base, tmp_path, passfile
     backup = peer_backup(tmp_path, passfile, "--vm", "template:tpl", "--vm", "app:work")
     run("qvm-create", "--class", "TemplateVM", "-l", "black", "tpl")
     host_root = (base / "vm-templates/tpl/root.img").stat()
-    proc = run("qvm-backup-restore", "--passphrase-file", passfile, backup)
+    proc = run("qvm-backup-restore", "--skip-dom0-home", "--passphrase-file", passfile, backup)
     out = proc.stdout.decode()
     assert "tpl" in out and "SKIPPED: a VM named 'tpl' already exists" in out
     assert run("qvm-prefs", "-g", "work", "template").stdout.decode().strip() == "tpl"
     assert (base / "vm-templates/tpl/root.img").stat().st_ino == host_root.st_ino
-    named = run("qvm-backup-restore", "--passphrase-file", passfile, backup, "tpl", check=False)
+    named = run("qvm-backup-restore", "--skip-dom0-home", "--passphrase-file", passfile, backup, "tpl", check=False)
     assert named.returncode == 1, "an explicitly requested VM that did not come back"
 
 
@@ -202,7 +202,7 @@ def test_leftover_directory_is_moved_aside_never_merged(base, tmp_path, passfile
     stray = base / "appvms" / "work"
     stray.mkdir(parents=True)
     (stray / "junk").write_text("old")
-    proc = run("qvm-backup-restore", "--passphrase-file", passfile, backup)
+    proc = run("qvm-backup-restore", "--skip-dom0-home", "--passphrase-file", passfile, backup)
     assert b"was in the way" in proc.stderr
     assert sorted(p.name for p in (base / "appvms" / "work").iterdir()) == \
         sorted(p.name for p in (base / "appvms" / "work").iterdir() if p.name != "junk")
