@@ -1,10 +1,14 @@
 """`make bench`: backup and restore throughput and peak memory, ours vs a shell pipeline.
 
-Corpus: one sparse image (apparent 2 GiB) holding 300 MiB of data, half random
-and half compressible. Baseline, in the same run: `tar --sparse -c | gzip |
-openssl enc -aes-256-cbc -md MD5 | split` plus `openssl dgst` per chunk, and
-its reverse. MB/s are data bytes (not apparent size) per wall-clock second.
-Not a test: numbers only.
+Corpora (generated here):
+  sparse  - a 2 GiB sparse image holding 300 MiB of data, half random, half text
+  random  - a 500 MiB image of random bytes
+  home    - a home directory of 20,000 small files (backed up with --dom0-home)
+  huge    - a 10 GiB sparse image holding 1 MiB of data (backup time only)
+Baseline, in the same run: `tar --sparse -c | gzip -6 | openssl enc -aes-256-cbc
+-md MD5 | split -b 100M` plus `openssl dgst -sha512 -hmac` per chunk, and its
+reverse (HMAC check, then `cat | openssl enc -d | gzip -d | tar -x`).
+MB/s = data bytes (not apparent size) per wall-clock second. Numbers, not a test.
 """
 from __future__ import annotations
 
@@ -34,72 +38,137 @@ def timed(cmd, env=None, shell=False) -> tuple[float, int]:
     return elapsed, usage.ru_maxrss // 1024
 
 
-def corpus(base: Path) -> int:
-    env = dict(os.environ, QUBES_BASE_DIR=str(base), QUBES_OFFLINE="1")
-    for args in (["qvm-init-storage"], ["qvm-create", "--class", "TemplateVM", "-l", "black", "t"],
-                 ["qvm-create", "-l", "red", "work"]):
-        subprocess.run([str(BIN / args[0]), *args[1:]], env=env, check=True)
-    img = base / "appvms" / "work" / "private.img"
-    data = 0
+def qenv(base: Path) -> dict:
+    return dict(os.environ, QUBES_BASE_DIR=str(base), QUBES_OFFLINE="1")
+
+
+def q(base: Path, *args) -> None:
+    subprocess.run([str(BIN / args[0]), *map(str, args[1:])], env=qenv(base), check=True,
+                   stdout=subprocess.DEVNULL)
+
+
+def new_collection(base: Path) -> None:
+    q(base, "qvm-init-storage")
+    q(base, "qvm-create", "--class", "TemplateVM", "-l", "black", "t")
+
+
+def fill_sparse(img: Path) -> int:
     with open(img, "r+b") as f:
         for i in range(30):  # 30 x 10 MiB extents spread over 2 GiB
             f.seek(i * 64 * MiB)
-            block = os.urandom(10 * MiB) if i % 2 else (b"compressible text line %d\n" % i) * (10 * MiB // 26)
-            f.write(block[: 10 * MiB])
-            data += 10 * MiB
-    return data
+            text = (b"compressible text line %d\n" % i) * (10 * MiB // 26 + 1)
+            f.write(os.urandom(10 * MiB) if i % 2 else text[: 10 * MiB])
+    return 300 * MiB
+
+
+def fill_random(img: Path) -> int:
+    with open(img, "r+b") as f:
+        f.truncate(500 * MiB)
+        for i in range(50):
+            f.write(os.urandom(10 * MiB))
+    return 500 * MiB
+
+
+def make_home(home: Path) -> int:
+    total = 0
+    for d in range(100):
+        sub = home / f"dir{d:03d}"
+        sub.mkdir(parents=True)
+        for i in range(200):
+            data = (f"file {d}/{i}\n" * (20 + i % 50)).encode()
+            (sub / f"f{i:03d}.txt").write_bytes(data)
+            total += len(data)
+    return total
+
+
+def pipeline(src_dir: Path, name: str, out: Path) -> str:
+    return (f"set -o pipefail; tar --sparse -C {src_dir} -cf - {name} | gzip -6 | "
+            f"openssl enc -aes-256-cbc -md MD5 -pass file:{OUT / 'pass'} | "
+            f"split -b 100M -d -a 3 - {out}/item. && "
+            f"for f in {out}/item.[0-9][0-9][0-9]; do openssl dgst -sha512 -hmac '{PASS}' "
+            f"< $f > $f.hmac; done")
+
+
+def reverse(chunks: Path, dest: Path) -> str:
+    return (f"set -o pipefail; for f in {chunks}/item.[0-9][0-9][0-9]; do "
+            f"openssl dgst -sha512 -hmac '{PASS}' < $f > /dev/null; done; "
+            f"cat {chunks}/item.[0-9][0-9][0-9] | openssl enc -d -aes-256-cbc -md MD5 "
+            f"-pass file:{OUT / 'pass'} | gzip -d | tar --sparse -C {dest} -xf -")
+
+
+def run_corpus(name: str, data: int, base: Path, vm_args: list, src: Path, member: str,
+               home_env: dict | None = None) -> list:
+    rows = []
+    backup = OUT / f"{name}.bin"
+    env = dict(qenv(base), **(home_env or {}))
+    t, rss = timed([str(BIN / "qvm-backup"), "-q", "--progress", "none", "--passphrase-file",
+                    str(OUT / "pass"), str(backup), *vm_args], env=env)
+    rows.append((name, "backup", "qvm-backup", data, t, rss))
+    chunks = OUT / f"{name}-chunks"
+    chunks.mkdir()
+    t, rss = timed(pipeline(src, member, chunks), shell=True)
+    rows.append((name, "backup", "tar|gzip|openssl|split", data, t, rss))
+    target = OUT / f"{name}-restored"
+    new_collection(target)
+    homes = OUT / f"{name}-homes"
+    homes.mkdir()
+    t, rss = timed([str(BIN / "qvm-backup-restore"), "-q", "--progress", "none",
+                    "--passphrase-file", str(OUT / "pass"), "--dom0-home-dir", str(homes),
+                    "--ignore-username-mismatch", str(backup)], env=qenv(target))
+    rows.append((name, "restore", "qvm-backup-restore", data, t, rss))
+    dest = OUT / f"{name}-pipe-out"
+    dest.mkdir()
+    t, rss = timed(reverse(chunks, dest), shell=True)
+    rows.append((name, "restore", "openssl|gzip -d|tar", data, t, rss))
+    return rows
 
 
 def main() -> int:
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir()
-    base = OUT / "qubes"
-    data = corpus(base)
     (OUT / "pass").write_text(PASS + "\n")
-    env = dict(os.environ, QUBES_BASE_DIR=str(base), QUBES_OFFLINE="1")
     rows = []
 
-    ours = OUT / "ours.bin"
-    t, rss = timed([str(BIN / "qvm-backup"), "-q", "--passphrase-file", str(OUT / "pass"),
-                    str(ours), "work"], env=env)
-    rows.append(("backup", "qvm-backup", t, rss))
+    base = OUT / "sparse"
+    new_collection(base)
+    q(base, "qvm-create", "-l", "red", "work")
+    data = fill_sparse(base / "appvms/work/private.img")
+    rows += run_corpus("sparse", data, base, ["work"], base / "appvms/work", "private.img")
 
-    pipe_dir = OUT / "pipe"
-    pipe_dir.mkdir()
-    img_dir = base / "appvms" / "work"
-    pipeline = (f"set -o pipefail; tar --sparse -C {img_dir} -cf - private.img | gzip -6 | "
-                f"openssl enc -aes-256-cbc -md MD5 -pass file:{OUT / 'pass'} | "
-                f"split -b 100M -d -a 3 - {pipe_dir}/private.img. && "
-                f"for f in {pipe_dir}/private.img.*; do openssl dgst -sha512 -hmac '{PASS}' "
-                f"< $f > $f.hmac; done")
-    t, rss = timed(pipeline, shell=True)
-    rows.append(("backup", "tar|gzip|openssl|split", t, rss))
+    base = OUT / "random"
+    new_collection(base)
+    q(base, "qvm-create", "-l", "red", "rnd")
+    data = fill_random(base / "appvms/rnd/private.img")
+    rows += run_corpus("random", data, base, ["rnd"], base / "appvms/rnd", "private.img")
 
-    target = OUT / "restored"
-    env2 = dict(env, QUBES_BASE_DIR=str(target))
-    subprocess.run([str(BIN / "qvm-init-storage")], env=env2, check=True)
-    subprocess.run([str(BIN / "qvm-create"), "--class", "TemplateVM", "-l", "black", "t"],
-                   env=env2, check=True)
-    t, rss = timed([str(BIN / "qvm-backup-restore"), "-q", "--passphrase-file",
-                    str(OUT / "pass"), str(ours)], env=env2)
-    rows.append(("restore", "qvm-backup-restore", t, rss))
+    base = OUT / "home"
+    new_collection(base)
+    home = OUT / "home-src" / "user"
+    data = make_home(home)
+    rows += run_corpus("home", data, base, ["--dom0-home", "-x", "t"], home.parent, "user",
+                       home_env={"HOME": str(home)})
 
-    out = OUT / "pipe-out"
-    out.mkdir()
-    reverse = (f"set -o pipefail; for f in {pipe_dir}/private.img.[0-9][0-9][0-9]; do "
-               f"openssl dgst -sha512 -hmac '{PASS}' < $f > /dev/null; done; "
-               f"cat {pipe_dir}/private.img.[0-9][0-9][0-9] | openssl enc -d -aes-256-cbc -md MD5 "
-               f"-pass file:{OUT / 'pass'} | gzip -d | tar --sparse -C {out} -xf -")
-    t, rss = timed(reverse, shell=True)
-    rows.append(("restore", "openssl|gzip -d|tar", t, rss))
+    base = OUT / "huge"
+    new_collection(base)
+    q(base, "qvm-create", "-l", "red", "big")
+    img = base / "appvms/big/private.img"
+    os.truncate(img, 10 << 30)
+    with open(img, "r+b") as f:
+        f.seek(5 << 30)
+        f.write(os.urandom(MiB))
+    t_huge, rss_huge = timed([str(BIN / "qvm-backup"), "-q", "--passphrase-file",
+                              str(OUT / "pass"), str(OUT / "huge.bin"), "big"], env=qenv(base))
 
-    print(f"corpus: 2048 MiB apparent, {data // MiB} MiB data (half random)")
-    print(f"{'op':<8} {'tool':<24} {'seconds':>8} {'MB/s':>8} {'peak MiB':>9}")
-    for op, tool, t, rss in rows:
-        print(f"{op:<8} {tool:<24} {t:8.2f} {data / t / 1e6:8.1f} {rss:9d}")
-    for op in ("backup", "restore"):
-        mine, base_row = [r for r in rows if r[0] == op]
-        print(f"{op}: ours / pipeline = {base_row[2] / mine[2]:.2f}x")
+    print(f"{'corpus':<8} {'op':<8} {'tool':<24} {'seconds':>8} {'MB/s':>8} {'peak MiB':>9}")
+    for corpus, op, tool, data, t, rss in rows:
+        print(f"{corpus:<8} {op:<8} {tool:<24} {t:8.2f} {data / t / 1e6:8.1f} {rss:9d}")
+    print()
+    for corpus in ("sparse", "random", "home"):
+        for op in ("backup", "restore"):
+            mine, base_row = [r for r in rows if r[0] == corpus and r[1] == op]
+            print(f"{corpus:<8} {op:<8} ours / pipeline = {base_row[4] / mine[4]:.2f}x")
+    print(f"huge     backup   10 GiB sparse, 1 MiB data: {t_huge:.2f} s (whole command), "
+          f"peak {rss_huge} MiB")
     return 0
 
 

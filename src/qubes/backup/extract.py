@@ -89,6 +89,7 @@ class InnerExtractor:
         self.dest = dest
         self.links = links          # dom0 home: symlinks and hard links allowed, inside it
         self._symlinks: set[str] = set()
+        self._dirs: set[str] = set()
         self._regular: set[str] = set()
         self.capture = capture
         self.capture_limit = capture_limit
@@ -173,9 +174,13 @@ class InnerExtractor:
         self.files.append(rel)
         self._regular.add(rel)
         path = None if self.dest is None else os.path.join(self.dest, rel)
-        self._copy(tar, member, path)
-        if path is not None and self.links:
-            os.chmod(path, member.mode & 0o777)
+        self._copy(tar, member, path, member.mode & 0o777 if self.links else 0o644)
+
+    def _parent(self, path: str) -> None:
+        parent = os.path.dirname(path)
+        if parent not in self._dirs:
+            os.makedirs(parent, mode=0o755, exist_ok=True)
+            self._dirs.add(parent)
 
     def _check_parents(self, rel: str | None, name: str) -> None:
         """Refuse writing through a link made earlier (symlink then write, B41)."""
@@ -223,22 +228,23 @@ class InnerExtractor:
                 offset += len(piece)
                 length -= len(piece)
 
-    def _copy(self, tar, member, path: str | None) -> None:
+    def _copy(self, tar, member, path: str | None, mode: int = 0o644) -> None:
         if path is None:
             for _piece in self._pieces(tar, member):
                 pass  # verify only: decode everything, write nothing
             return
         try:
-            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            self._parent(path)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         except OSError as exc:
             raise BackupError(f"cannot create {path}: {describe_os_error(exc)}", member.name) \
                 from None
         try:
+            end = 0
             for offset, piece in self._pieces(tar, member):
-                _write_skipping_zeros(fd, piece, offset)
-            os.ftruncate(fd, member.size)
-            os.fsync(fd)
+                end = _write_skipping_zeros(fd, piece, offset)
+            if end < member.size:  # a hole at the end (or zeros left unwritten)
+                os.ftruncate(fd, member.size)
         except OSError as exc:
             raise BackupError(f"cannot write {path}: {describe_os_error(exc)}", member.name) \
                 from None
@@ -246,20 +252,30 @@ class InnerExtractor:
             os.close(fd)
 
 
-def _write_skipping_zeros(fd: int, data: bytes, offset: int) -> None:
-    """Write `data` at `offset`, leaving all-zero blocks as holes in the fresh file."""
+def _write_skipping_zeros(fd: int, data: bytes, offset: int) -> int:
+    """Write `data` at `offset`, leaving all-zero blocks as holes in the fresh file.
+
+    Returns the end of what was actually written (0 if nothing was).
+    """
+    if len(data) <= ZERO_BLOCK:  # small files: one write, no scanning
+        if data != _ZEROS[:len(data)]:
+            os.pwrite(fd, data, offset)
+            return offset + len(data)
+        return 0
     view = memoryview(data)
-    run_start = None
+    run_start, end = None, 0
     for start in range(0, len(view), ZERO_BLOCK):
         block = data[start:start + ZERO_BLOCK]
         zero = block == _ZEROS[:len(block)]
         if zero and run_start is not None:
             os.pwrite(fd, view[run_start:start], offset + run_start)
-            run_start = None
+            end, run_start = offset + start, None
         elif not zero and run_start is None:
             run_start = start
     if run_start is not None:
         os.pwrite(fd, view[run_start:], offset + run_start)
+        end = offset + len(view)
+    return end
 
 
 class ItemDecoder:

@@ -132,6 +132,8 @@ def execute(base_dir: str, host, run: RestoreRun, reporter: Reporter) -> Restore
     try:
         data = DataPass(run.source, run.plans, staging, run.options, reporter)
         data.run()
+        if not run.options.verify_only:
+            os.sync()  # the data is on disk before any VM is registered
         check_complete(run.plans, data)
         if not run.options.verify_only and any(not p.failed and not p.skip for p in run.plans):
             with modify_collection(base_dir, host) as app:
