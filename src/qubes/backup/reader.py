@@ -6,6 +6,7 @@ decrypted (BACKUP-FORMAT.md §9, §10).
 """
 from __future__ import annotations
 
+import os
 import re
 import tarfile
 import tempfile
@@ -168,7 +169,15 @@ class VerifiedChunk:
         except OSError as exc:
             self.close()
             where = tmpdir or tempfile.gettempdir()
-            raise BackupError(f"cannot keep chunk '{member.name}' ({member.size} bytes) in "
+            try:
+                st = os.statvfs(where)
+                free = f", {st.f_bavail * st.f_frsize} bytes available"
+            except OSError:
+                free = ""
+            raise BackupError(f"not enough space in {where}: chunk '{member.name}' needs "
+                              f"{member.size} bytes{free} ({describe_os_error(exc)}; choose "
+                              "another place with --tmpdir)" if exc.errno in (28, 122) else
+                              f"cannot keep chunk '{member.name}' ({member.size} bytes) in "
                               f"{where}: {describe_os_error(exc)}", member.name) from None
         except BaseException:
             self.close()

@@ -75,7 +75,10 @@ class BackupSource:
             if h.encrypted:
                 crypto.cipher_key_length(h.crypto_algorithm)
         except (ValueError, crypto.UnsupportedAlgorithm) as exc:
-            raise BackupError(f"backup-header: {exc}", "backup-header") from None
+            hint = ""
+            if h.compression_filter and h.compression_filter.split()[0] in ("zstd", "zstdmt"):
+                hint = " (install the Python package 'zstandard' to read zstd backups)"
+            raise BackupError(f"backup-header: {exc}{hint}", "backup-header") from None
 
     def decoder(self, extractor: InnerExtractor) -> ItemDecoder:
         algo = self.header.crypto_algorithm if self.header.encrypted else None
