@@ -1,6 +1,7 @@
 """Shared fixtures: a fresh QUBES_BASE_DIR in offline mode, and command runners."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -36,6 +37,19 @@ def run(cmd: str, *args, check: bool = True, env: dict | None = None, input: byt
                              f"{proc.stdout.decode(errors='replace')}\n"
                              f"{proc.stderr.decode(errors='replace')}")
     return proc
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str):
+    """A tiny real filesystem at `path`, to meet ENOSPC for real; skips unless root can mount."""
+    path.mkdir(exist_ok=True)
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}",
+                                            "tmpfs", path], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", path], check=False)
 
 
 def peers_or_skip() -> Path:

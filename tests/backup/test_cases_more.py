@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import tarfile
 
 import pytest
 
 from tests.backup.helpers import image_hashes, make_demo_vms, sha256_file, write_at
-from tests.conftest import run
+from tests.conftest import run, small_tmpfs
 
 
 @pytest.fixture
@@ -106,12 +105,7 @@ def test_b53_verify_reads_everything_despite_name_conflicts(base, tmp_path, pass
 
 
 def test_b03_full_temporary_space_is_named_with_sizes(base, tmp_path, passfile):
-    small = tmp_path / "small"
-    small.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs",
-                                            small], capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    try:
+    with small_tmpfs(tmp_path / "small", "1m") as small:
         make_demo_vms(base)
         write_at(base / "appvms/work/private.img", 0, os.urandom(4 << 20))
         out = tmp_path / "b.bin"
@@ -123,5 +117,3 @@ def test_b03_full_temporary_space_is_named_with_sizes(base, tmp_path, passfile):
         assert f"not enough space in {small}" in err and "bytes available" in err
         assert "HMAC" not in err and "passphrase" not in err
         assert os.listdir(small) == []
-    finally:
-        subprocess.run(["umount", small], check=False)

@@ -12,16 +12,11 @@ import pytest
 from qubes.errors import StoreError
 from qubes.model.host import FixedHost
 from qubes.store.access import modify_collection, read_collection, store_path
-from tests.conftest import run
+from tests.conftest import run, small_tmpfs
 
 
 def test_save_on_a_full_filesystem_keeps_the_old_file(tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs",
-                                            mnt], capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    try:
+    with small_tmpfs(tmp_path / "small", "64k") as mnt:
         env = {"QUBES_BASE_DIR": str(mnt), "QUBES_OFFLINE": "1"}
         run("qvm-init-storage", env=env)
         with modify_collection(str(mnt), FixedHost()) as app:
@@ -44,8 +39,6 @@ def test_save_on_a_full_filesystem_keeps_the_old_file(tmp_path):
         proc = run("qvm-prefs", "-s", "dom0", "default_user", "alice", check=False, env=env)
         assert proc.returncode == 1 and b"no space left" in proc.stderr
         assert (mnt / "qubes.xml").read_bytes() == old
-    finally:
-        subprocess.run(["umount", mnt], check=False)
 
 
 def test_failed_block_saves_nothing(base):
