@@ -149,7 +149,7 @@ class CommandDestination:
     def abort(self) -> str | None:
         if self._proc is not None and self._proc.poll() is None:
             kill_group(self._proc)
-            return f"the destination command (killed)"
+            return "the destination command (killed)"
         return None
 
 

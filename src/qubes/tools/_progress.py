@@ -7,7 +7,6 @@ to stderr (standard output may carry the backup itself).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
@@ -99,7 +98,3 @@ def add_progress_option(parser) -> None:
     parser.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto",
                         help="progress display: a bar on a terminal (auto), JSON lines on "
                              "stderr for programs, or none")
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "") not in ("", "0")
