@@ -210,3 +210,54 @@ def test_leftover_directory_is_moved_aside_never_merged(base, tmp_path, passfile
     assert not (base / "appvms" / "work" / "work").exists()
     aside = list((base / "appvms").glob("work.leftover-*"))
     assert len(aside) == 1 and (aside[0] / "junk").read_text() == "old"
+
+
+def test_zero_stream_is_not_a_backup(base, passfile):
+    proc = run("qvm-backup-restore", "--verify-only", "--passphrase-file", passfile, "/dev/zero",
+               check=False, timeout=30)
+    assert proc.returncode == 1 and b"not a Qubes backup" in proc.stderr
+
+
+def _dir_tar(tmp_path, members) -> "Path":
+    raw = tmp_path / "raw.tar"
+    raw.write_bytes(_raw_tar(members))
+    return raw
+
+
+def test_image_item_may_hold_only_the_image(base, tmp_path, passfile):
+    raw = _dir_tar(tmp_path, [(lambda i: (setattr(i, "type", tarfile.DIRTYPE), (i, None))[1])(
+        tarfile.TarInfo("vm2/private.img")), _file("vm2/private.img/inner")])
+    backup = peer_backup(tmp_path, passfile, "--vm", "template:tpl", "--vm", "app:work",
+                         "--raw-item", f"vm2/private.img={raw}", "--no-home")
+    for extra in (["--verify-only"], []):
+        proc = run("qvm-backup-restore", *extra, "--skip-dom0-home", "--passphrase-file",
+                   passfile, backup, check=False)
+        assert proc.returncode == 1 and b"may hold only the regular file" in proc.stderr
+    assert "work" not in listing(base)
+
+
+def test_template_without_root_image_is_not_registered(base, tmp_path, passfile):
+    raw = _dir_tar(tmp_path, [_file("vm1/./junk")])
+    backup = peer_backup(tmp_path, passfile, "--vm", "template:tpl", "--raw-item",
+                         f"vm1/.={raw}", "--no-home")
+    proc = run("qvm-backup-restore", "--skip-dom0-home", "--passphrase-file", passfile, backup,
+               check=False)
+    assert proc.returncode == 1 and b"missing from the archive" in proc.stderr
+    assert "tpl" not in listing(base)
+
+
+def test_qubes_xml_item_holds_one_file_only(base, tmp_path, passfile):
+    good = tmp_path / "plain.bin"
+    peer_backup(tmp_path, passfile, "--vm", "template:tpl", "--no-home",
+                "--encrypted", "False", "--compressed", "False", name="plain.bin")
+    with tarfile.open(good, ignore_zeros=True) as tf:
+        inner = tf.extractfile("qubes.xml.000").read()
+    with tarfile.open(fileobj=io.BytesIO(inner)) as tf:
+        xml = tf.extractfile("qubes.xml").read()
+    raw = _dir_tar(tmp_path, [_file("qubes.xml", xml)] +
+                   [_file(f"qubes.xml/f{i}", b"\0" * 1000) for i in range(3)])
+    backup = peer_backup(tmp_path, passfile, "--vm", "template:tpl", "--raw-item",
+                         f"qubes.xml={raw}", "--no-home")
+    proc = run("qvm-backup-restore", "--verify-only", "--passphrase-file", passfile, backup,
+               check=False)
+    assert proc.returncode == 1 and b"may hold only the regular file 'qubes.xml'" in proc.stderr

@@ -94,3 +94,22 @@ def test_literals_are_never_evaluated():
     app = load(evil)
     assert app["work"].services == {"meminfo-writer": True}
     assert any("services" in w for w in app.warnings)
+
+
+def test_document_type_declarations_are_refused():
+    evil = R2_XML.replace(b"<QubesVmCollection", b'<!DOCTYPE q [<!ENTITY a "ork">]>\n'
+                          b"<QubesVmCollection", 1)
+    with pytest.raises(StoreError, match="document type declaration"):
+        load(evil)
+
+
+def test_entries_that_cannot_be_loaded_survive_a_save():
+    data = R2_XML.replace(b"</QubesVmCollection>",
+                          b'<QubesFooVm qid="40" name="future"/>\n'
+                          b'<QubesAppVm qid="41" name="orphan" template_qid="99"/>\n'
+                          b"</QubesVmCollection>")
+    app = load(data)
+    assert app.get("orphan") is None and len(app.warnings) == 2
+    saved = dump_collection(app)
+    assert b'name="future"' in saved and b'name="orphan"' in saved
+    assert app.new_qid() not in (40, 41)

@@ -17,9 +17,13 @@ import threading
 from qubes.backup import compress, crypto
 from qubes.backup.errors import BackupError, UnsafeArchiveError
 from qubes.util.atomicfile import describe_os_error
+from qubes.util.text import printable
 
 _PART = re.compile(r"[^\x00-\x1f\x7f/]+")
 ZERO_BLOCK = 4096
+MAX_ENTRIES = 10_000            # a VM directory item; dom0 home gets more
+MAX_FILE_SIZE = 1 << 44         # 16 TiB, the ext4 limit: verify refuses what restore could not
+MAX_PATH = 4000
 _ZEROS = bytes(ZERO_BLOCK)
 _EOF = object()
 
@@ -67,12 +71,16 @@ def relative_path(untrusted_name: str, subdir: str, item_name: str) -> str | Non
     """Path inside the VM directory for an inner member; None for the item's own dir."""
     name = untrusted_name.rstrip("/")
     if name != item_name.rstrip("/") and not name.startswith(item_name.rstrip("/") + "/"):
-        raise UnsafeArchiveError(f"item '{item_name}': unexpected member '{untrusted_name}'",
-                                 untrusted_name)
+        raise UnsafeArchiveError(f"item '{item_name}': unexpected member "
+                                 f"'{printable(untrusted_name)}'", untrusted_name)
     rest = name[len(subdir):]
     parts = [p for p in rest.split("/") if p != "."] if rest else []
+    if len(rest.encode("utf-8", "surrogateescape")) > MAX_PATH:
+        raise UnsafeArchiveError(f"item '{item_name}': member name longer than {MAX_PATH} bytes",
+                                 untrusted_name)
     for part in parts:
-        if part == ".." or not _PART.fullmatch(part):
+        if part == ".." or not _PART.fullmatch(part) \
+                or len(part.encode("utf-8", "surrogateescape")) > 255:
             shown = untrusted_name.encode("unicode_escape").decode("ascii")
             raise UnsafeArchiveError(f"item '{item_name}': unsafe member name '{shown}'",
                                      untrusted_name)
@@ -83,8 +91,11 @@ class InnerExtractor:
     """Parses one item's inner tar in a thread; writes into `dest` (None: verify only)."""
 
     def __init__(self, item_name: str, subdir: str, dest: str | None,
-                 capture: dict | None = None, capture_limit: int = 0, links: bool = False):
+                 capture: dict | None = None, capture_limit: int = 0, links: bool = False,
+                 single: bool = False, max_entries: int = MAX_ENTRIES):
         self.item_name = item_name
+        self.single = single        # the item is one file named like the item, nothing else
+        self.max_entries = max_entries
         self.subdir = subdir
         self.dest = dest
         self.links = links          # dom0 home: symlinks and hard links allowed, inside it
@@ -130,9 +141,9 @@ class InnerExtractor:
             pass
         except BackupError as exc:
             self.error = exc
-        except (tarfile.TarError, EOFError) as exc:
-            self.error = BackupError(f"item '{self.item_name}': inner archive is damaged: {exc}",
-                                     self.item_name)
+        except (tarfile.TarError, EOFError, ValueError) as exc:
+            self.error = BackupError(f"item '{self.item_name}': inner archive is damaged: "
+                                     f"{printable(str(exc))}", self.item_name)
         except OSError as exc:
             self.error = BackupError(f"item '{self.item_name}': cannot write "
                                      f"{exc.filename or ''}: {exc.strerror or exc}",
@@ -148,6 +159,16 @@ class InnerExtractor:
                 pass
 
     def _member(self, tar, member, seen) -> None:
+        if self.single and (member.name != self.item_name or seen or not member.isreg()):
+            raise UnsafeArchiveError(f"item '{self.item_name}' may hold only the regular file "
+                                     f"'{self.item_name}', not '{printable(member.name)}'",
+                                     member.name)
+        if len(seen) >= self.max_entries:
+            raise UnsafeArchiveError(f"item '{self.item_name}' holds more than "
+                                     f"{self.max_entries} entries", member.name)
+        if member.size > MAX_FILE_SIZE:
+            raise UnsafeArchiveError(f"member '{printable(member.name)}' claims "
+                                     f"{member.size} bytes, more than any VM image", member.name)
         rel = relative_path(member.name, self.subdir, self.item_name)
         if rel in seen:
             raise UnsafeArchiveError(f"item '{self.item_name}': member '{member.name}' "

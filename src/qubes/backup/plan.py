@@ -52,6 +52,7 @@ class VMPlan:
     skip: str | None = None
     notes: list[str] = field(default_factory=list)
     items: list[str] = field(default_factory=list)
+    files: set = field(default_factory=set)
     failed: str | None = None
 
 

@@ -17,6 +17,7 @@ from qubes.backup import crypto
 from qubes.backup.errors import BackupError, WrongPassphraseError
 from qubes.backup.format import HEADER_MAX, HEADER_NAME, HMAC_FILE_MAX, hmac_name
 from qubes.util.atomicfile import describe_os_error
+from qubes.util.text import printable
 
 _COMPONENT = re.compile(r"[A-Za-z0-9._+-]+")
 PIECE = 1 << 20
@@ -28,9 +29,39 @@ def check_member_name(untrusted_name: str) -> str:
     parts = untrusted_name.split("/")
     if untrusted_name.startswith("/") or not all(
             _COMPONENT.fullmatch(p) and p not in (".", "..") for p in parts):
-        raise BackupError(f"archive member '{untrusted_name!s}' has an unsafe name",
+        raise BackupError(f"archive member '{printable(untrusted_name)}' has an unsafe name",
                           untrusted_name)
     return untrusted_name
+
+
+MAX_GAP = 1 << 20  # between two outer members there are at most ~10 KiB of padding
+
+
+class _TooMuchPadding(Exception):
+    pass
+
+
+class _GapGuard:
+    """The source as tarfile sees it; while a member header is being looked for, at most
+    MAX_GAP bytes may go by (tarfile would skip zero blocks of /dev/zero for ever)."""
+
+    def __init__(self, source):
+        self.source = source
+        self.limit: int | None = None
+        self.pos = 0
+
+    def arm(self) -> None:
+        self.limit = self.pos + MAX_GAP
+
+    def disarm(self) -> None:
+        self.limit = None
+
+    def read(self, n: int = -1) -> bytes:
+        if self.limit is not None and self.pos >= self.limit:
+            raise _TooMuchPadding()
+        data = self.source.read(n)
+        self.pos += len(data)
+        return data
 
 
 @dataclass
@@ -47,16 +78,27 @@ class OuterReader:
         self.label = label
         self.source = source
         self.current: str | None = None
+        self._guard = _GapGuard(source)
+        self._guard.arm()  # opening already looks for the first member
         try:
-            self._tar = tarfile.open(fileobj=source, mode="r|", ignore_zeros=True)
-        except tarfile.TarError:
+            self._tar = tarfile.open(fileobj=self._guard, mode="r|", ignore_zeros=True)
+        except (tarfile.TarError, _TooMuchPadding):
             raise BackupError(f"{label} is not a Qubes backup (not a tar stream)") from None
+        finally:
+            self._guard.disarm()
 
     def next(self) -> Member | None:
+        self._guard.arm()
         try:
             info = self._tar.next()
         except (tarfile.TarError, EOFError) as exc:
             raise self._truncated(exc) from None
+        except _TooMuchPadding:
+            after = f" after member '{self.current}'" if self.current else ""
+            raise BackupError(f"{self.label} is not a Qubes backup or is damaged{after}: more "
+                              f"than {MAX_GAP} bytes without an archive member") from None
+        finally:
+            self._guard.disarm()
         if info is None:
             return None
         name = check_member_name(info.name)

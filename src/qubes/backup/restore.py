@@ -100,7 +100,7 @@ class BackupSource:
                               "(corrupted or modified)", member.name)
         files: dict = {}
         extractor = InnerExtractor("qubes.xml", "", None, capture=files,
-                                   capture_limit=QUBES_XML_MAX)
+                                   capture_limit=QUBES_XML_MAX, single=True)
         decoder = self.decoder(extractor)
         try:
             decoder.feed(untrusted)

@@ -1,6 +1,7 @@
 """The data pass of a restore or verify, and the registration of complete VMs."""
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -18,8 +19,13 @@ from qubes.backup.restore import BackupSource, RestoreOptions, RestoreResult
 from qubes.errors import QubesError
 from qubes.model.collection import GLOBAL_VM_REFS
 from qubes.util.atomicfile import describe_os_error
+from qubes.util.text import printable
+from qubes.util.sparse import copy_tree_sparse
 
 DOM0_HOME_PREFIX = "dom0-home/"
+FILE_ITEMS = frozenset({"private.img", "root.img", "volatile.img", "icon.png", "firewall.xml",
+                        "whitelisted-appmenus.list"})
+DIR_ITEMS = frozenset({".", "kernels", "apps", "apps.templates"})
 _USER = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 
 # Properties that describe where a VM lived or its backup, not the VM itself.
@@ -58,6 +64,7 @@ class DataPass:
         self.total = _stream_size(source.reader)
         self.verify_only = options.verify_only
         self.home_dir: str | None = None
+        self.home_seen = False
 
     def problem(self, stage: str, cause: str, vm=None, member=None) -> None:
         p = Problem(stage, cause, vm, member)
@@ -134,13 +141,18 @@ class DataPass:
             raise BackupError(f"item '{base}' starts with '{member_name}', expected "
                               f"'{base}.000'", member_name)
         decoder = extractor = None
+        kind = base.rsplit("/", 1)[-1]
+        if vm_name != "dom0" and kind not in FILE_ITEMS | DIR_ITEMS:
+            raise BackupError(f"archive item '{printable(base)}' is not a file a VM has",
+                              member_name)
         if vm_name == "dom0":
+            self.home_seen = True
             extractor = self._home_extractor(base)
             decoder = extractor and self.source.decoder(extractor)
         elif plan is not None:
             subdir = plan.path + "/"
             dest = None if self.staging is None else os.path.join(self.staging, plan.name)
-            extractor = InnerExtractor(base, subdir, dest)
+            extractor = InnerExtractor(base, subdir, dest, single=kind in FILE_ITEMS)
             decoder = self.source.decoder(extractor)
             plan.items.append(base[len(subdir):])
         self.item = _OpenItem(base, vm_name, plan, decoder, extractor)
@@ -164,18 +176,19 @@ class DataPass:
             return None
         dest = None
         if not self.verify_only:
-            self.home_dir = os.path.join(home.parent,
-                                         f"home-restore-{time.strftime('%Y-%m-%dT%H%M%S')}")
-            os.mkdir(self.home_dir, 0o700)
+            self.home_dir = _new_dir(home.parent,
+                                     f"home-restore-{time.strftime('%Y-%m-%dT%H%M%S')}")
             dest = os.path.join(self.home_dir, "dom0-home")
-        return InnerExtractor(item_name, DOM0_HOME_PREFIX, dest, links=True)
+        return InnerExtractor(item_name, DOM0_HOME_PREFIX, dest, links=True,
+                              max_entries=1_000_000)
 
     def _decode(self, item: _OpenItem, chunk: VerifiedChunk) -> None:
         try:
             for piece in chunk.data():
                 item.decoder.feed(piece)
         except (crypto.DecryptError, compress.CorruptStream) as exc:
-            self._fail_item(item, item.decoder.stage, f"{chunk.name}: {exc}", chunk.name)
+            self._fail_item(item, item.decoder.stage, f"{chunk.name}: {_damaged(exc)}",
+                            chunk.name)
 
     def _fail_item(self, item: _OpenItem, stage: str, cause: str, member=None) -> None:
         if not item.failed:
@@ -203,13 +216,23 @@ class DataPass:
             return
         try:
             item.decoder.finish()
+            if item.plan is not None:
+                item.plan.files.update(item.extractor.files)
         except (crypto.DecryptError, compress.CorruptStream, BackupError) as exc:
             item.failed = True
-            self.problem(item.decoder.stage, str(exc), item.vm_name, item.name)
+            self.problem(item.decoder.stage, _damaged(exc), item.vm_name, item.name)
             if item.plan is not None:
                 item.plan.failed = item.plan.failed or str(exc)
             if item.vm_name == "dom0":
                 self.discard_home()
+
+
+def _damaged(exc: Exception) -> str:
+    """The header verified, so the passphrase is right: never blame it for bad data (B02)."""
+    if isinstance(exc, crypto.DecryptError):
+        return ("the encrypted data is damaged or incomplete (the passphrase is right: it "
+                "verified the header)")
+    return str(exc)
 
 
 def _stream_size(reader) -> int:
@@ -221,13 +244,9 @@ def _stream_size(reader) -> int:
     return st.st_size if stat.S_ISREG(st.st_mode) else 0
 
 
-def required_items(vm) -> list[str]:
-    if vm.is_template:
-        return ["."]
-    required = ["private.img"]
-    if vm.updateable:
-        required.append("root.img")
-    return required
+def required_files(vm) -> list[str]:
+    """The images without which a VM of this kind is not complete."""
+    return ["private.img", "root.img"] if vm.updateable else ["private.img"]
 
 
 def check_complete(plans: list[VMPlan], pass_: DataPass) -> None:
@@ -235,18 +254,60 @@ def check_complete(plans: list[VMPlan], pass_: DataPass) -> None:
     for plan in plans:
         if plan.failed or plan.skip:
             continue
-        missing = [i for i in required_items(plan.vm) if i not in plan.items]
+        missing = [f for f in required_files(plan.vm) if f not in plan.files]
         if missing and pass_.ended_early:
-            plan.failed = "its data is not in the archive, which ends early"
+            plan.failed = ("not read: its data comes after the point where the archive could "
+                           "not be read any further (see the error above)")
         elif missing:
             plan.failed = f"{', '.join(missing)} missing from the archive"
             pass_.problem("retrieve", plan.failed, plan.name)
+    dom0 = pass_.source.collection.get(0)
+    home = pass_.options.home
+    if dom0 is not None and dom0.backup_content and not pass_.home_seen \
+            and not (home is not None and home.skip) and not pass_.ended_early:
+        pass_.problem("retrieve", f"qubes.xml lists dom0's home ({dom0.backup_path}) but the "
+                      "archive does not hold it (complete)", "dom0")
 
 
-def staging_dir(base_dir: str) -> str:
+def staging_dir(base_dir: str, reporter: Reporter) -> str:
+    """A fresh staging directory in the target; leftovers of killed runs are removed (B13)."""
+    for entry in os.scandir(base_dir) if os.path.isdir(base_dir) else ():
+        match = re.fullmatch(r"\.restore-\d{8}T\d{6}-(\d+)", entry.name)
+        if match and not _alive(int(match.group(1))):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            reporter.warning(f"removed {entry.path}, left by an interrupted restore")
     path = os.path.join(base_dir, f".restore-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
-    os.makedirs(path, mode=0o700)
+    try:
+        os.makedirs(path, mode=0o700)
+    except OSError as exc:
+        raise QubesError(f"cannot create the staging directory {path}: "
+                         f"{describe_os_error(exc)}") from None
     return path
+
+
+def _new_dir(parent: str, name: str) -> str:
+    """parent/name, or name-2, name-3 ... when taken: never an existing directory."""
+    for n in range(1, 100):
+        path = os.path.join(parent, name if n == 1 else f"{name}-{n}")
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise BackupError(f"cannot create {path} for the dom0 home: "
+                              f"{describe_os_error(exc)}") from None
+    raise BackupError(f"no free name for {name} in {parent}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def register(app, plans: list[VMPlan], staging: str, reporter: Reporter,
@@ -267,6 +328,13 @@ def register(app, plans: list[VMPlan], staging: str, reporter: Reporter,
             reporter.problem(Problem("register", plan.failed, plan.name))
         if plan.failed:
             continue
+        if app.get(plan.target_name) is not None:  # created while we were extracting
+            plan.failed = f"a VM named '{plan.target_name}' was created meanwhile; not touching it"
+            failed.add(plan.target_name)
+            result.failed[plan.name] = plan.failed
+            reporter.problem(Problem("register", plan.failed, plan.name))
+            continue
+        new = None
         try:
             new = _create(app, plan, reporter)
             src = os.path.join(staging, plan.name)
@@ -278,17 +346,28 @@ def register(app, plans: list[VMPlan], staging: str, reporter: Reporter,
                 reporter.warning(f"directory {new.dir_path} was in the way (no VM owns it); "
                                  f"moved it to {aside}")
             os.makedirs(os.path.dirname(new.dir_path), exist_ok=True)
-            os.rename(src, new.dir_path)
-            app.on_rollback(lambda a=new.dir_path, b=src: os.rename(a, b))
+            _move_in(src, new.dir_path)
+            app.on_rollback(lambda a=new.dir_path, b=src: _move_in(a, b))
             result.restored.append(plan.target_name)
         except (QubesError, OSError) as exc:
             cause = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
-            if app.get(plan.target_name) is not None:
-                app.remove(app[plan.target_name])
+            if new is not None and app.get(new.qid) is new:  # only what this restore made
+                app.remove(new)
             plan.failed = cause
             failed.add(plan.target_name)
             result.failed[plan.name] = cause
             reporter.problem(Problem("register", cause, plan.name))
+
+
+def _move_in(src: str, dst: str) -> None:
+    """Rename; across filesystems (a VM directory on another disk) copy, then remove."""
+    try:
+        os.rename(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        copy_tree_sparse(src, dst)
+        shutil.rmtree(src)
 
 
 def adopt_globals(app, backup, plans: list[VMPlan], reporter: Reporter) -> None:

@@ -20,12 +20,21 @@ from qubes.util.names import validate_vm_name
 _MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 _BDF = re.compile(r"[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]")
 _KERNEL = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]*")
-_SERVICE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_SERVICE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _USER = re.compile(r"[a-z_][a-z0-9_-]*")
 _DRIVE = re.compile(r"(hd|cdrom):[A-Za-z][A-Za-z0-9_-]*:/.+")
 
 
 # --- converters that need the VM -------------------------------------------
+
+def bounded_str(limit: int):
+    def convert(vm, value) -> str:
+        text = to_str(vm, value)
+        if len(text) > limit:
+            raise ValueError(f"at most {limit} characters are allowed ({len(text)} given)")
+        return text
+    return convert
+
 
 def _convert_name(vm, value) -> str:
     name = validate_vm_name(value)
@@ -240,7 +249,7 @@ class QubesVM(PropertyHolder):
     installed_by_rpm = Property(default=False, convert=to_bool, order=10)
     kernel = Property(default=lambda vm: vm.collection.default_kernel, convert=_convert_kernel, order=31)
     kernelopts = Property(default=lambda vm: "nopat iommu=soft swiotlb=4096" if vm.pcidevs else "nopat",
-                          convert=to_str, order=31)
+                          convert=bounded_str(1024), order=31)
     mac = Property(default=lambda vm: vm.default_mac(), convert=_convert_mac)
     services = Property(default=lambda vm: {}, convert=check_services)
     include_in_backups = Property(default=True, convert=to_bool)

@@ -127,7 +127,7 @@ def check_space(base_dir: str, plans: list[VMPlan]) -> None:
 def execute(base_dir: str, host, run: RestoreRun, reporter: Reporter) -> RestoreResult:
     """The data pass, the completeness check, and registration of every complete VM."""
     result = RestoreResult()
-    staging = None if run.options.verify_only else staging_dir(base_dir)
+    staging = None if run.options.verify_only else staging_dir(base_dir, reporter)
     data = None
     try:
         data = DataPass(run.source, run.plans, staging, run.options, reporter)

@@ -44,6 +44,9 @@ def _qid(value: str | None) -> int | None:
 
 def parse_document(data: bytes, source: str):
     """The root element, or StoreError naming file, line and column (B60)."""
+    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+        raise StoreError(f"{source}: a document type declaration is not allowed in qubes.xml",
+                         source)
     try:
         root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as exc:
@@ -90,7 +93,10 @@ class _Loader:
         known = set(BY_XML_TAG)
         for el in root:
             if isinstance(el.tag, str) and el.tag not in known:
-                self.warn(f"unknown element <{el.tag}> ignored")
+                self.app.warnings.append(f"{self.source}: unknown element <{el.tag}> ignored "
+                                         "(kept in the file unchanged)")
+                el.tail = None
+                self.app.preserved.append((None, None, etree.tostring(el)))
         loaded = []
         for cls, el in elements:
             vm = self._construct(cls, el)
@@ -146,7 +152,7 @@ class _Loader:
         try:
             value = vm.get_property(prop).check(vm, raw)
         except QubesError as exc:
-            self.warn(f"VM '{vm.name}': {exc}; using the default")
+            self.warn(f"VM '{vm.name}': {exc}" + ("" if self.strict else "; using the default"))
             return
         if not (keep_default and value == getattr(vm, prop)):
             vm.set_raw(prop, value)

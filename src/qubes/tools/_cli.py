@@ -151,6 +151,7 @@ def run(parser: argparse.ArgumentParser, handler: Callable[[Context], int | None
         os.environ["QUBES_OFFLINE"] = "1"
     ctx = Context(args)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous_hup = signal.signal(signal.SIGHUP, _on_sigterm)
     try:
         _refuse_root(ctx)
         code = handler(ctx)
@@ -178,5 +179,6 @@ def run(parser: argparse.ArgumentParser, handler: Callable[[Context], int | None
         return int(ExitCode.ERROR)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGHUP, previous_hup)
         if ctx._hypervisor is not None:
             ctx._hypervisor.close()

@@ -114,8 +114,9 @@ def _report(plans, reporter, verify: bool, requested: tuple[str, ...]) -> int:
                                                 if plan.target_name != plan.name else ""))
     missed = [p for p in plans if p.failed or (p.skip and p.name in requested)]
     if missed or reporter.problems:
-        print(f"ERROR: the backup was not {word} completely "
-              f"({len(missed)} of {len(plans)} VMs did not come back)", file=sys.stderr)
+        why = f"{len(missed)} of {len(plans)} VMs did not come back" if missed else \
+            "see the errors above"
+        print(f"ERROR: the backup was not {word} completely ({why})", file=sys.stderr)
         return 1
     done = sum(1 for p in plans if not p.skip)
     print(f"-> {'Verification' if verify else 'Restore'} completed: {done} VMs {word}.")
@@ -133,6 +134,8 @@ def handle(ctx) -> int:
                            ignore_username_mismatch=args.ignore_username_mismatch)
         if not home.skip and not os.path.isdir(home.parent):
             raise QubesError(f"--dom0-home-dir {home.parent} is not a directory")
+        if args.tmpdir is not None and not os.path.isdir(args.tmpdir):
+            raise QubesError(f"--tmpdir {args.tmpdir} is not a directory")
         options = RestoreOptions(passphrase=passphrase, plan=_plan_options(args),
                                  tmpdir=args.tmpdir, home=home)
         run = open_backup(ctx.base_dir, ctx.host, origin, options, warn=ctx.warn)
