@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import os
+from concurrent.futures import ThreadPoolExecutor
 import re
 import shutil
 import stat
@@ -65,6 +66,8 @@ class DataPass:
         self.verify_only = options.verify_only
         self.home_dir: str | None = None
         self.home_seen = False
+        self._pending = None
+        self._pool = None
 
     def problem(self, stage: str, cause: str, vm=None, member=None) -> None:
         p = Problem(stage, cause, vm, member)
@@ -79,14 +82,18 @@ class DataPass:
         return self.plans.get(path), self.all_paths.get(path)
 
     def run(self) -> None:
+        """Read and authenticate chunk N+1 while a worker decodes chunk N (two cores)."""
         reader = self.source.reader
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="decode")
         try:
             while True:
                 member = reader.next()
                 if member is None:
                     break
                 self._chunk(member)
+            self._wait()
         except BackupError as exc:
+            self._wait()
             vm = self.item.vm_name if self.item else None
             self.ended_early = True
             self.problem("retrieve", str(exc), vm, exc.member)
@@ -99,10 +106,22 @@ class DataPass:
         except BaseException:
             if self.item is not None and self.item.extractor is not None:
                 self.item.extractor.abort()  # interrupted: stop the worker, do not finish
+            self._wait(quiet=True)
             self.item = None
             raise
         finally:
             self._close_item()
+            self._pool.shutdown(wait=True)
+
+    def _wait(self, quiet: bool = False) -> None:
+        """Let the decoding of the previous chunk finish before anything else happens."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            try:
+                pending.result()
+            except BaseException:
+                if not quiet:
+                    raise
 
     def _chunk(self, member) -> None:
         parsed = split_chunk_name(member.name)
@@ -110,6 +129,7 @@ class DataPass:
             raise BackupError(f"unexpected archive member '{member.name}'", member.name)
         base, index = parsed
         if self.item is None or self.item.name != base:
+            self._wait()
             self._close_item()
             self._open_item(base, member.name, index)
         item = self.item
@@ -123,11 +143,22 @@ class DataPass:
         chunk = VerifiedChunk(self.source.reader, member, self.source.hmac_algorithm,
                               self.source.passphrase, self.options.tmpdir or self.staging, keep)
         try:
-            if not chunk.authentic:
-                self._fail_item(item, "authenticate", f"member '{member.name}': HMAC "
-                                "verification failed (corrupted or modified chunk)", member.name)
-            elif keep:
-                self._decode(item, chunk)
+            self._wait()
+        except BaseException:
+            chunk.close()
+            raise
+        if not chunk.authentic:
+            chunk.close()
+            self._fail_item(item, "authenticate", f"member '{member.name}': HMAC "
+                            "verification failed (corrupted or modified chunk)", member.name)
+        elif keep and not item.failed:
+            self._pending = self._pool.submit(self._decode_and_close, item, chunk)
+        else:
+            chunk.close()
+
+    def _decode_and_close(self, item: _OpenItem, chunk: VerifiedChunk) -> None:
+        try:
+            self._decode(item, chunk)
         finally:
             chunk.close()
 
