@@ -127,7 +127,7 @@ class InnerExtractor:
 
     def _run(self) -> None:
         try:
-            with tarfile.open(fileobj=self._pipe, mode="r|", bufsize=1 << 20) as tar:
+            with tarfile.open(fileobj=self._pipe, mode="r|", bufsize=1 << 14) as tar:
                 seen = set()
                 for member in tar:
                     self._member(tar, member, seen)
