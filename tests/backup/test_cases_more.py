@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import tarfile
 
 import pytest
 
 from tests.backup.helpers import image_hashes, make_demo_vms, sha256_file, write_at
-from tests.conftest import run, small_tmpfs
+from tests.conftest import BIN, run, small_tmpfs
 
 
 @pytest.fixture
@@ -117,3 +118,27 @@ def test_b03_full_temporary_space_is_named_with_sizes(base, tmp_path, passfile):
         assert f"not enough space in {small}" in err and "bytes available" in err
         assert "HMAC" not in err and "passphrase" not in err
         assert os.listdir(small) == []
+
+
+def test_b57_two_backups_at_once_both_succeed(base, tmp_path, passfile):
+    make_demo_vms(base)
+    write_at(base / "appvms/work/private.img", 0, os.urandom(16 << 20))
+    procs = [subprocess.Popen([BIN / "qvm-backup", "--passphrase-file", passfile,
+                               tmp_path / f"b{i}.bin", vm], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for i, vm in enumerate(("work", "personal"))]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    for i in range(2):
+        run("qvm-backup-restore", "--verify-only", "--passphrase-file", passfile,
+            tmp_path / f"b{i}.bin")
+
+
+def test_restored_device_settings_are_pointed_out(base, tmp_path, passfile, monkeypatch):
+    make_demo_vms(base)
+    run("qvm-prefs", "-s", "work", "pcidevs", "['00:19.0']")
+    out = tmp_path / "b.bin"
+    run("qvm-backup", "--passphrase-file", passfile, out, "work", "tpl")
+    monkeypatch.setenv("QUBES_BASE_DIR", str(tmp_path / "t"))
+    run("qvm-init-storage")
+    proc = run("qvm-backup-restore", "--passphrase-file", passfile, out)
+    assert b"comes back with PCI devices ['00:19.0']" in proc.stderr

@@ -62,7 +62,7 @@ def test_flipped_byte_names_the_chunk_every_time(base, tmp_path, passfile, verif
     bad = tmp_path / "flip.bin"
     subprocess.run([peers_or_skip() / "outer-members", "flip", backup, "vm2/private.img.004",
                     "mid", bad], check=True)
-    extra = ["--verify-only"] if verify else []
+    extra = (["--verify-only"] if verify else []) + ["--log", str(tmp_path / "report.log")]
     messages = set()
     for _ in range(2 if verify else 1):  # B04: same member every run
         proc = run("qvm-backup-restore", "--skip-dom0-home", *extra, "--passphrase-file", passfile, bad, check=False)
@@ -71,6 +71,8 @@ def test_flipped_byte_names_the_chunk_every_time(base, tmp_path, passfile, verif
         assert "vm2/private.img.004" in err and "HMAC verification failed" in err
         assert "passphrase" not in err
         messages.add(err)
+        log = (tmp_path / "report.log").read_text()
+        assert all(line in log for line in err.splitlines())  # B06: the same text in the log
     assert len(messages) == 1
     names = listing(base)
     assert "work" not in names

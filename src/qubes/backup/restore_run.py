@@ -428,6 +428,12 @@ def _create(app, plan: VMPlan, reporter: Reporter):
             reporter.warning(f"VM '{plan.name}': {exc}; using the default")
     if not plan.netvm_default and vm.HAS_NETVM:
         new.set_prop("netvm", plan.netvm)
+    devices = [f"PCI devices {new.pcidevs}"] if new.pcidevs else []
+    if new.has_property("drive") and new.drive:
+        devices.append(f"drive {new.drive}")
+    if devices:  # a backup from another machine names devices of that machine
+        reporter.warning(f"VM '{plan.target_name}' comes back with {' and '.join(devices)} "
+                         "from the backup; check them before starting it")
 
     return new
 

@@ -68,10 +68,15 @@ class FileDestination:
                              f"{describe_os_error(exc)}") from None
         return self._file
 
-    def commit(self) -> None:
+    def commit(self, written: int) -> None:
+        """Make the file final, after checking it holds every byte written (B58)."""
         try:
             self._file.flush()
             os.fsync(self._file.fileno())
+            size = os.fstat(self._file.fileno()).st_size
+            if size != written:
+                raise QubesError(f"the backup file {self.partial} holds {size} bytes, "
+                                 f"{written} were written: the destination lost data")
             self._file.close()
             os.rename(self.partial, self.path)
         except OSError as exc:
@@ -101,7 +106,7 @@ class StreamDestination:
     def open(self) -> BinaryIO:
         return self.stream
 
-    def commit(self) -> None:
+    def commit(self, written: int) -> None:
         try:
             self.stream.flush()
         except OSError as exc:
@@ -138,7 +143,7 @@ class CommandDestination:
         return QubesError(f"the destination {self.label} failed with exit status {code}"
                           + (f": {err}" if err else ""))
 
-    def commit(self) -> None:
+    def commit(self, written: int) -> None:
         try:
             self._proc.stdin.close()
         except OSError:
@@ -209,8 +214,8 @@ def run_backup(base_dir: str, host, hypervisor, request: BackupRequest, destinat
         xml = codec.dump_collection(app, vms=selected, stubs=stubs)
     out = destination.open()
     try:
-        write_backup(out, plan, xml, request.options, reporter)
-        destination.commit()
+        written = write_backup(out, plan, xml, request.options, reporter)
+        destination.commit(written)
     except BaseException as exc:
         removed = destination.abort()
         if removed:

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-x", "--exclude", action="append", default=[], metavar="VM",
                    help="do not restore VM (repeatable)")
     p.add_argument("--skip-dom0-home", action="store_true", help="do not restore dom0's home")
+    p.add_argument("--log", metavar="FILE",
+                   help="also append the final report (every error, every VM) to FILE")
     p.add_argument("--dom0-home-dir", metavar="DIR",
                    help="where home-restore-<time>/ is made (default: your home directory)")
     p.add_argument("--ignore-username-mismatch", action="store_true",
@@ -96,31 +98,43 @@ def _print_plan(plans, verify: bool, out) -> None:
             print(f"      {note}", file=out)
 
 
-def _report(plans, reporter, verify: bool, requested: tuple[str, ...]) -> int:
-    for problem in reporter.problems:
-        print(f"ERROR: {problem}", file=sys.stderr)
-    for warning in reporter.warnings:
-        print(f"WARNING: {warning}", file=sys.stderr)
-    for message in reporter.messages:
-        print(message)
+def _report_lines(plans, reporter, verify: bool, requested: tuple[str, ...]):
+    """(is_error, text) lines of the final report, shown on the terminal and in --log."""
+    lines = [(True, f"ERROR: {p}") for p in reporter.problems]
+    lines += [(True, f"WARNING: {w}") for w in reporter.warnings]
+    lines += [(False, m) for m in reporter.messages]
     word = "verified" if verify else "restored"
     for plan in plans:
         if plan.failed:
-            print(f"VM {plan.name}: FAILED: {plan.failed}", file=sys.stderr)
+            lines.append((True, f"VM {plan.name}: FAILED: {plan.failed}"))
         elif plan.skip:
-            print(f"VM {plan.name}: skipped: {plan.skip}")
+            lines.append((False, f"VM {plan.name}: skipped: {plan.skip}"))
         else:
-            print(f"VM {plan.name}: {word}" + (f" as {plan.target_name}"
-                                                if plan.target_name != plan.name else ""))
+            lines.append((False, f"VM {plan.name}: {word}" + (
+                f" as {plan.target_name}" if plan.target_name != plan.name else "")))
     missed = [p for p in plans if p.failed or (p.skip and p.name in requested)]
     if missed or reporter.problems:
         why = f"{len(missed)} of {len(plans)} VMs did not come back" if missed else \
             "see the errors above"
-        print(f"ERROR: the backup was not {word} completely ({why})", file=sys.stderr)
-        return 1
-    done = sum(1 for p in plans if not p.skip)
-    print(f"-> {'Verification' if verify else 'Restore'} completed: {done} VMs {word}.")
-    return 0
+        lines.append((True, f"ERROR: the backup was not {word} completely ({why})"))
+    else:
+        done = sum(1 for p in plans if not p.skip)
+        lines.append((False, f"-> {'Verification' if verify else 'Restore'} completed: "
+                             f"{done} VMs {word}."))
+    return lines
+
+
+def _report(plans, reporter, verify: bool, requested: tuple[str, ...], log: str | None) -> int:
+    lines = _report_lines(plans, reporter, verify, requested)
+    for is_error, text in lines:
+        print(text, file=sys.stderr if is_error else sys.stdout)
+    if log is not None:
+        try:
+            with open(log, "a", encoding="utf-8") as f:
+                f.writelines(text + "\n" for _e, text in lines)
+        except OSError as exc:
+            print(f"WARNING: cannot write the log {log}: {exc.strerror}", file=sys.stderr)
+    return 1 if lines[-1][1].startswith("ERROR:") else 0
 
 
 def handle(ctx) -> int:
@@ -153,7 +167,7 @@ def handle(ctx) -> int:
         origin.check()
     finally:
         origin.close()
-    return _report(run.plans, reporter, args.verify_only, tuple(args.vms))
+    return _report(run.plans, reporter, args.verify_only, tuple(args.vms), args.log)
 
 
 def main(argv=None) -> int:
