@@ -263,3 +263,24 @@ def test_qubes_xml_item_holds_one_file_only(base, tmp_path, passfile):
     proc = run("qvm-backup-restore", "--verify-only", "--passphrase-file", passfile, backup,
                check=False)
     assert proc.returncode == 1 and b"may hold only the regular file 'qubes.xml'" in proc.stderr
+
+
+def test_misordered_chunks_fail_their_vm_and_the_rest_is_restored(base, tmp_path, passfile):
+    """B05/B06: one structural fault fails one VM; the VMs after it are still read."""
+    backup = peer_backup(tmp_path, passfile, "--chunk-size", "32768", "--vm", "template:tpl",
+                         "--vm", "app:work:private=2M,data=256K@1M", "--vm", "app:other",
+                         "--no-home")
+    parts = tmp_path / "parts"
+    subprocess.run([peers_or_skip() / "outer-members", "unpack", backup, parts], check=True)
+    order = (parts / ".members").read_text().split()
+    a, b = order.index("vm2/private.img.001"), order.index("vm2/private.img.002")
+    order[a:a + 2], order[b:b + 2] = order[b:b + 2], order[a:a + 2]
+    (parts / ".members").write_text("\n".join(order) + "\n")
+    swapped = tmp_path / "swapped.bin"
+    subprocess.run([peers_or_skip() / "outer-members", "pack", parts, swapped], check=True)
+    proc = run("qvm-backup-restore", "--skip-dom0-home", "--passphrase-file", passfile, swapped,
+               check=False)
+    assert proc.returncode == 1
+    assert b"vm2/private.img.002' is out of order" in proc.stderr
+    names = listing(base)
+    assert "work" not in names and "other" in names and "tpl" in names

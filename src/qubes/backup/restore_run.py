@@ -124,9 +124,15 @@ class DataPass:
                     raise
 
     def _chunk(self, member) -> None:
+        """One data member. A misplaced or foreign member fails its item (or is reported)
+        and the pass goes on: the VMs after it are still read (B05, B06)."""
         parsed = split_chunk_name(member.name)
         if parsed is None:
-            raise BackupError(f"unexpected archive member '{member.name}'", member.name)
+            for _piece in self.source.reader.pieces(member):
+                pass
+            self.problem("retrieve", f"unexpected archive member '{printable(member.name)}' "
+                         "(ignored)", None, member.name)
+            return
         base, index = parsed
         if self.item is None or self.item.name != base:
             self._wait()
@@ -134,9 +140,10 @@ class DataPass:
             self._open_item(base, member.name, index)
         item = self.item
         if index != item.next_index:
-            raise BackupError(f"member '{member.name}' is out of order: expected "
-                              f"'{base}.{item.next_index:03d}'", member.name)
-        item.next_index += 1
+            self._wait()
+            self._fail_item(item, "retrieve", f"member '{member.name}' is out of order: "
+                            f"expected '{base}.{item.next_index:03d}'", member.name)
+        item.next_index = index + 1
         self.done += member.size
         self.reporter.progress(min(self.done, self.total), self.total)
         keep = item.decoder is not None and not item.failed
@@ -163,19 +170,22 @@ class DataPass:
             chunk.close()
 
     def _open_item(self, base: str, member_name: str, index: int) -> None:
-        if base in self.items_done:
-            raise BackupError(f"item '{base}' appears twice in the archive", member_name)
         plan, vm_name = self._plan_for(base)
-        if vm_name is None:
-            raise BackupError(f"archive item '{base}' belongs to no VM in qubes.xml", member_name)
-        if index != 0:
-            raise BackupError(f"item '{base}' starts with '{member_name}', expected "
-                              f"'{base}.000'", member_name)
-        decoder = extractor = None
         kind = base.rsplit("/", 1)[-1]
-        if vm_name != "dom0" and kind not in FILE_ITEMS | DIR_ITEMS:
-            raise BackupError(f"archive item '{printable(base)}' is not a file a VM has",
-                              member_name)
+        refused = None
+        if base in self.items_done:
+            refused = f"item '{printable(base)}' appears twice in the archive"
+        elif vm_name is None:
+            refused = f"archive item '{printable(base)}' belongs to no VM in qubes.xml"
+        elif vm_name != "dom0" and kind not in FILE_ITEMS | DIR_ITEMS:
+            refused = f"archive item '{printable(base)}' is not a file a VM has"
+        elif index != 0:
+            refused = f"item '{printable(base)}' starts with '{member_name}', expected '.000'"
+        if refused is not None:  # its chunks are read and checked, nothing is decoded
+            self.item = _OpenItem(base, vm_name, plan, None, None)
+            self._fail_item(self.item, "retrieve", refused, member_name)
+            return
+        decoder = extractor = None
         if vm_name == "dom0":
             self.home_seen = True
             extractor = self._home_extractor(base)
