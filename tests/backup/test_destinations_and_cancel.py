@@ -118,3 +118,12 @@ def test_progress_json_for_programs(base, tmp_path, passfile):
     assert events[-1] == {"event": "finished", "ok": True, "seconds": events[-1]["seconds"]}
     plain = run("qvm-backup", "--passphrase-file", passfile, tmp_path / "c.bin")
     assert plain.stderr == b""  # not a terminal: no bar, nothing extra
+
+
+def test_b25_destination_that_stops_reading_times_out(base, tmp_path, passfile):
+    _big_vm(base, 16)
+    t0 = time.monotonic()
+    proc = run("qvm-backup", "--passphrase-file", passfile, "--dest-timeout", "2",
+               "--dest-command", "head -c 1000000 >/dev/null; sleep 60", check=False, timeout=60)
+    assert proc.returncode == 1 and time.monotonic() - t0 < 30
+    assert b"took no data for 2 s" in proc.stderr

@@ -8,6 +8,7 @@ notes what it removed on the exception.
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
 import time
@@ -119,9 +120,10 @@ class StreamDestination:
 class CommandDestination:
     """A shell command that receives the backup on its standard input (`--dest-command`)."""
 
-    def __init__(self, command: str):
+    def __init__(self, command: str, timeout: float = 300.0):
         self.command = command
         self.label = f"command '{command}'"
+        self.timeout = timeout
         self._proc: subprocess.Popen | None = None
 
     def free_space(self) -> None:
@@ -159,22 +161,35 @@ class CommandDestination:
 
 
 class _CommandInput:
-    """The command's stdin; a write error means the command stopped reading: say why."""
+    """The command's stdin; a write error means the command stopped reading: say why.
+
+    A command that neither reads nor exits would make the backup hang for ever;
+    after `timeout` seconds without progress it is stopped and reported (B25).
+    """
 
     def __init__(self, dest: CommandDestination):
         self.dest = dest
+        self.fd = dest._proc.stdin.fileno()
+        os.set_blocking(self.fd, False)
 
     def write(self, data: bytes) -> int:
-        try:
-            return self.dest._proc.stdin.write(data)
-        except OSError:
-            raise self.dest.failure() from None
+        view = memoryview(data)
+        while view:
+            _r, ready, _x = select.select([], [self.fd], [], self.dest.timeout)
+            if not ready:
+                kill_group(self.dest._proc)
+                raise QubesError(f"the destination {self.dest.label} took no data for "
+                                 f"{self.dest.timeout:g} s; stopped it")
+            try:
+                view = view[os.write(self.fd, view):]
+            except BlockingIOError:
+                continue
+            except OSError:
+                raise self.dest.failure() from None
+        return len(data)
 
     def flush(self) -> None:
-        try:
-            self.dest._proc.stdin.flush()
-        except OSError:
-            raise self.dest.failure() from None
+        pass  # unbuffered
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also back up your home directory (links kept as links)")
     p.add_argument("--dest-command", metavar="CMD",
                    help="send the backup to the standard input of a shell command")
+    p.add_argument("--dest-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="stop a destination command that takes no data for this long "
+                        "(default 300)")
     p.add_argument("-e", "--encrypt", action="store_true", help="encrypt (the default)")
     p.add_argument("--no-encrypt", action="store_true", help="do not encrypt (HMAC only)")
     p.add_argument("-E", "--enc-algo", default="aes-256-cbc", help="cipher (default aes-256-cbc)")
@@ -59,7 +62,7 @@ def _destination(args):
     if args.dest_command:
         if args.location is not None:
             args.vms.insert(0, args.location)  # with --dest-command every name is a VM
-        return CommandDestination(args.dest_command)
+        return CommandDestination(args.dest_command, args.dest_timeout)
     if args.location is None:
         raise _cli.UsageError("the following arguments are required: LOCATION "
                               "(or --dest-command CMD)")
