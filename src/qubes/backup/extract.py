@@ -127,7 +127,10 @@ class InnerExtractor:
 
     def _run(self) -> None:
         try:
-            with tarfile.open(fileobj=self._pipe, mode="r|", bufsize=1 << 14) as tar:
+            # tarfile copies its whole buffer on every read: small for many small
+            # members (a home), large for a few big images.
+            bufsize = 1 << 14 if self.links else 1 << 20
+            with tarfile.open(fileobj=self._pipe, mode="r|", bufsize=bufsize) as tar:
                 seen = set()
                 for member in tar:
                     self._member(tar, member, seen)
