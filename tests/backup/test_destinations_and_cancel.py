@@ -127,3 +127,14 @@ def test_b25_destination_that_stops_reading_times_out(base, tmp_path, passfile):
                "--dest-command", "head -c 1000000 >/dev/null; sleep 60", check=False, timeout=60)
     assert proc.returncode == 1 and time.monotonic() - t0 < 30
     assert b"took no data for 2 s" in proc.stderr
+
+
+def test_b16_failed_backups_leave_no_temporary_files(base, tmp_path, passfile):
+    _big_vm(base, 16)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    for _ in range(3):
+        proc = run("qvm-backup", "--passphrase-file", passfile, "--tmpdir", tmp,
+                   "--dest-command", "head -c 100000 >/dev/null; exit 5", check=False)
+        assert proc.returncode == 1 and b"exit status 5" in proc.stderr
+        assert list(tmp.iterdir()) == []

@@ -53,9 +53,11 @@ class _Member(Protocol):
         """Feed *data*; return at most *limit* bytes of output."""
 
 
-class _ZlibMember:
-    def __init__(self, wbits: int):
-        self._d = zlib.decompressobj(wbits=wbits)
+class _MemberBase:
+    """What every adapter shares: the wrapped decompressor's end and leftover input."""
+
+    def __init__(self, decompressor):
+        self._d = decompressor
         self.again: bytes | None = None
 
     @property
@@ -65,6 +67,11 @@ class _ZlibMember:
     @property
     def unused_data(self) -> bytes:
         return self._d.unused_data
+
+
+class _ZlibMember(_MemberBase):
+    def __init__(self, wbits: int):
+        super().__init__(zlib.decompressobj(wbits=wbits))
 
     def pull(self, data: bytes, limit: int) -> bytes:
         out = self._d.decompress(data, limit)
@@ -75,20 +82,11 @@ class _ZlibMember:
         return out
 
 
-class _BufferedMember:
+class _BufferedMember(_MemberBase):
     """bz2 / lzma / stdlib zstd decompressors share this interface."""
 
     def __init__(self, factory: Callable[[], object]):
-        self._d = factory()
-        self.again: bytes | None = None
-
-    @property
-    def eof(self) -> bool:
-        return self._d.eof
-
-    @property
-    def unused_data(self) -> bytes:
-        return self._d.unused_data
+        super().__init__(factory())
 
     def pull(self, data: bytes, limit: int) -> bytes:
         out = self._d.decompress(data, limit)
@@ -207,20 +205,11 @@ def _builtin_codecs() -> list[Codec]:
     ]
 
 
-class _ZstandardMember:
+class _ZstandardMember(_MemberBase):
     """Adapter for the third-party ``zstandard`` module (one frame each)."""
 
     def __init__(self, module):
-        self._d = module.ZstdDecompressor().decompressobj()
-        self.again: bytes | None = None
-
-    @property
-    def eof(self) -> bool:
-        return self._d.eof
-
-    @property
-    def unused_data(self) -> bytes:
-        return self._d.unused_data
+        super().__init__(module.ZstdDecompressor().decompressobj())
 
     def pull(self, data: bytes, limit: int) -> bytes:
         # No output limit in this API; one call consumes all of *data*.

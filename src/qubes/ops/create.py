@@ -66,11 +66,9 @@ def _images(cls, app, template_name, source_name, opts) -> dict:
         images["private.img"] = source.private_img
     else:
         images["private.img"] = storage.PRIVATE_IMG_SIZE
-    if template_name is None:  # owns its root image
+    if template_name is None and not opts.root_move_from:  # owns its root (-R: moved in later)
         if opts.root_copy_from:
             images["root.img"] = opts.root_copy_from
-        elif opts.root_move_from:
-            pass  # moved in after staging
         elif source is not None:
             images["root.img"] = source.root_img
         else:
