@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from qubes.backup.selection import check_readable
+from qubes.backup.hometree import HomeTree
 from qubes.errors import QubesError
 from tests.backup.helpers import make_demo_vms
 from tests.conftest import run
@@ -122,4 +122,4 @@ def test_unreadable_file_is_named_before_anything_is_written(tmp_path, monkeypat
     monkeypatch.setattr(os, "access", lambda p, m: not str(p).endswith("secret")
                         and real_access(p, m))
     with pytest.raises(QubesError, match=r"cannot read .*sub/secret.*nothing was written"):
-        check_readable(str(h))
+        HomeTree(str(h), "user").size

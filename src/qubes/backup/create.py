@@ -17,6 +17,7 @@ from typing import BinaryIO
 
 from qubes.backup import compress, crypto
 from qubes.backup.format import CHUNK_SIZE, Header, hmac_name
+from qubes.backup.hometree import HomeTree
 from qubes.backup.outer import ChunkSink, OuterWriter
 from qubes.backup.report import Reporter
 from qubes.backup.selection import BackupPlan, Item
@@ -134,35 +135,30 @@ def _write_stream(writer: OuterWriter, item: Item, options: BackupOptions, on_in
         sink.abort()
 
 
-def _add_home(tar: TarWriter, root: str, arcroot: str) -> None:
+def _add_home(tar: TarWriter, home: HomeTree, arcroot: str) -> None:
     """dom0 home: links stay links with their targets verbatim (B37, B38)."""
     inodes: dict[tuple[int, int], str] = {}
-    tar.add_dir(arcroot + "/", mode=os.stat(root).st_mode & 0o7777)
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        rel_dir = os.path.relpath(dirpath, root)
-        base = arcroot if rel_dir == "." else f"{arcroot}/{rel_dir}"
-        for name in dirnames + sorted(filenames):
-            path, arcname = os.path.join(dirpath, name), f"{base}/{name}"
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                tar.add_symlink(arcname, os.readlink(path), mtime=int(st.st_mtime))
-            elif stat.S_ISDIR(st.st_mode):
-                tar.add_dir(arcname + "/", mode=st.st_mode & 0o7777, mtime=int(st.st_mtime))
-            elif stat.S_ISREG(st.st_mode):
-                key = (st.st_dev, st.st_ino)
-                if st.st_nlink > 1 and key in inodes:
-                    tar.add_hardlink(arcname, inodes[key])
-                else:
-                    inodes[key] = arcname
-                    tar.add_file(path, arcname)
-            # sockets, fifos and devices carry no data worth restoring
+    tar.add_dir(arcroot + "/", mode=home.mode)
+    for entry in home.entries:
+        st, arcname = entry.st, f"{arcroot}/{entry.rel}"
+        if entry.target is not None:
+            tar.add_symlink(arcname, entry.target, mtime=int(st.st_mtime))
+        elif stat.S_ISDIR(st.st_mode):
+            tar.add_dir(arcname + "/", mode=st.st_mode & 0o7777, mtime=int(st.st_mtime))
+        elif stat.S_ISREG(st.st_mode):
+            key = (st.st_dev, st.st_ino)
+            if st.st_nlink > 1 and key in inodes:
+                tar.add_hardlink(arcname, inodes[key])
+            else:
+                inodes[key] = arcname
+                tar.add_file(entry.path, arcname)
+        # sockets, fifos and devices carry no data worth restoring
 
 
-def _add_item(item: Item):
+def _add_item(item: Item, home: HomeTree | None):
     def add(tar: TarWriter) -> None:
         if item.links:
-            _add_home(tar, item.source, item.name)
+            _add_home(tar, home, item.name)
         elif os.path.isdir(item.source):
             _add_tree(tar, item.source, item.name.rstrip("/"))
         else:
@@ -194,7 +190,7 @@ def write_backup(out: BinaryIO, plan: BackupPlan, qubes_xml: bytes, options: Bac
         _write_stream(writer, xml_item, options, lambda n: None,
                       lambda tar: tar.add_bytes("qubes.xml", qubes_xml), pool)
         for item in plan.items:
-            _write_stream(writer, item, options, on_input, _add_item(item), pool)
+            _write_stream(writer, item, options, on_input, _add_item(item, plan.home), pool)
     out.flush()
     reporter.progress(total, total)
     return writer.written

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from qubes.backup.hometree import HomeTree
 from qubes.errors import NoSuchVMError, QubesError
 from qubes.util.sizes import disk_usage
 
@@ -37,7 +38,7 @@ class BackupPlan:
     items: tuple[Item, ...]
     sizes: dict
     skipped: tuple[str, ...]
-    home: tuple[str, str] | None = None
+    home: HomeTree | None = None
 
     @property
     def total_size(self) -> int:
@@ -90,27 +91,11 @@ def home_item(home: str, user: str) -> Item:
     return Item("dom0", home, f"{DOM0_HOME}/", user, links=True)
 
 
-def check_readable(root: str) -> None:
-    """Name the first file or directory the backup could not read, before writing (B39)."""
-    def fail(path: str, exc: OSError | None = None) -> None:
-        why = exc.strerror if exc is not None else "permission denied"
-        raise QubesError(f"cannot read {path} in the home directory ({why}); fix its "
-                         "permissions or move it out, nothing was written")
-    for dirpath, dirnames, filenames in os.walk(root, onerror=lambda e: fail(e.filename, e)):
-        for name in filenames + dirnames:
-            path = os.path.join(dirpath, name)
-            if os.path.islink(path):
-                continue
-            mode = os.R_OK | (os.X_OK if name in dirnames else 0)
-            if not os.access(path, mode):
-                fail(path)
-
-
 def make_plan(app, names: list[str] | None, exclude: list[str], hide_names: bool,
-              home: tuple[str, str] | None = None) -> BackupPlan:
+              home: HomeTree | None = None) -> BackupPlan:
     """Select VMs, check their data exists (B25, B40), and list the items.
 
-    `home` = (directory, user name) adds dom0's home as the last item.
+    `home` adds dom0's home as the last item.
     """
     if names:
         vms = []
@@ -141,12 +126,8 @@ def make_plan(app, names: list[str] | None, exclude: list[str], hide_names: bool
             items.append(item)
         sizes[vm.name] = disk_usage(vm.dir_path)
     if home is not None:
-        directory, user = home
-        if not os.path.isdir(directory):
-            raise QubesError(f"the home directory {directory} does not exist")
-        check_readable(directory)
-        items.append(home_item(directory, user))
-        sizes["dom0"] = disk_usage(directory)
+        sizes["dom0"] = home.size  # walks it once, naming anything unreadable (B39)
+        items.append(home_item(home.directory, home.user))
     skipped = tuple(vm.name for vm in app if vm not in vms and not vm.is_adminvm)
     return BackupPlan(tuple(vm.name for vm in others + templates), tuple(items), sizes, skipped,
                       home)
@@ -165,7 +146,7 @@ def mark_collection(app, plan: BackupPlan, hide_names: bool) -> None:
         vm.backup_size = plan.sizes[name]
     if plan.home is not None:
         app.dom0.backup_content = True
-        app.dom0.backup_path = f"{DOM0_HOME}/{plan.home[1]}"
+        app.dom0.backup_path = f"{DOM0_HOME}/{plan.home.user}"
         app.dom0.backup_size = plan.sizes["dom0"]
 
 

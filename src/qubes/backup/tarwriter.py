@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
+import re
 import stat
 import time
 from typing import Callable
@@ -35,6 +36,7 @@ READ_SIZE = 1024 * 1024
 OUTER_HEADER_SIZE = 3 * BLOCK  # pax header block + pax data + ustar block
 
 _OCTAL11_MAX = 8 ** 11 - 1  # largest value of a 12-byte octal field
+_UNPRINTABLE = re.compile(rb"[^\x20-\x7e]")
 _REGTYPE, _LNKTYPE, _SYMTYPE, _DIRTYPE, _PAXTYPE = b"0", b"1", b"2", b"5", b"x"
 
 
@@ -78,8 +80,7 @@ def _encode(name: str) -> tuple[bytes, bool]:
 
 def _fit(raw: bytes, width: int = 100) -> tuple[bytes, bool]:
     """An ASCII field value for *raw*, and whether the full value needs pax."""
-    fits = len(raw) <= width and all(0x20 <= b < 0x7f for b in raw)
-    if fits:
+    if len(raw) <= width and not _UNPRINTABLE.search(raw):
         return raw, False
     safe = bytes(b if 0x20 <= b < 0x7f else 0x5f for b in raw)  # '_'
     return safe[:width], True
@@ -230,8 +231,14 @@ class TarWriter:
             full = st.st_blocks * 512 >= size
             regions = [(0, size)] if full and size else data_regions(fd, size)
             if size == 0 or regions == [(0, size)]:
-                self._write(_member_header(arcname, _REGTYPE, mode, size,
-                                           mtime))
+                header = _member_header(arcname, _REGTYPE, mode, size, mtime)
+                if size <= READ_SIZE:  # one write per small file: homes hold thousands
+                    data = os.pread(fd, size, 0)
+                    if len(data) < size:
+                        raise FileShrankError(path, size, len(data))
+                    self._write(header + data + _pad(size))
+                    return size
+                self._write(header)
                 done = self._copy(fd, path, regions)
                 self._write(_pad(size))
                 return done

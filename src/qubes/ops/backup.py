@@ -17,6 +17,7 @@ from typing import BinaryIO
 
 from qubes.backup.create import BackupOptions, write_backup
 from qubes.backup.errors import BackupOutputError
+from qubes.backup.hometree import HomeTree
 from qubes.backup.report import Reporter
 from qubes.backup.selection import BackupPlan, archived_vms, make_plan, mark_collection
 from qubes.errors import QubesError
@@ -197,7 +198,7 @@ class BackupRequest:
     vms: tuple[str, ...]
     exclude: tuple[str, ...]
     options: BackupOptions
-    home: tuple[str, str] | None = None   # (directory, user) of dom0's home
+    home: HomeTree | None = None   # walked once, shared by preview and run_backup
 
 
 def preview(base_dir: str, host, request: BackupRequest, warn=None) -> tuple[BackupPlan, dict]:

@@ -19,6 +19,7 @@ from qubes.backup.restore_run import (DataPass, adopt_globals, check_complete, d
 from qubes.errors import QubesError
 from qubes.ops.backup import kill_group
 from qubes.store.access import modify_collection, read_collection
+from qubes.util.atomicfile import sync_filesystem
 from qubes.util.text import decode_output
 
 STDERR_LIMIT = 4096
@@ -133,7 +134,9 @@ def execute(base_dir: str, host, run: RestoreRun, reporter: Reporter) -> Restore
         data = DataPass(run.source, run.plans, staging, run.options, reporter)
         data.run()
         if not run.options.verify_only:
-            os.sync()  # the data is on disk before any VM is registered
+            sync_filesystem(staging)  # the data is on disk before any VM is registered
+            if data.home_dir is not None:
+                sync_filesystem(data.home_dir)
         check_complete(run.plans, data)
         if not run.options.verify_only and any(not p.failed and not p.skip for p in run.plans):
             with modify_collection(base_dir, host) as app:

@@ -9,6 +9,7 @@ import sys
 from qubes.backup import crypto
 from qubes.backup.create import BackupOptions
 from qubes.backup.format import CHUNK_SIZE
+from qubes.backup.hometree import HomeTree
 from qubes.errors import QubesError
 from qubes.ops.backup import (BackupRequest, CommandDestination, FileDestination,
                               StreamDestination, check_space, preview, run_backup)
@@ -106,18 +107,19 @@ def _options(args, passphrase: bytes, destination) -> BackupOptions:
                          crypto_algorithm=args.enc_algo, chunk_size=_chunk_size(), tmpdir=tmpdir)
 
 
-def _home(args) -> tuple[str, str] | None:
+def _home(args) -> HomeTree | None:
     if not args.dom0_home:
         return None
-    return os.path.expanduser("~"), getpass.getuser()
+    return HomeTree(os.path.expanduser("~"), getpass.getuser())
 
 
 def handle(ctx) -> int:
     args = ctx.args
     destination = _destination(args)
     info = sys.stdout if isinstance(destination, FileDestination) else sys.stderr
+    home = _home(args)
     probe = BackupRequest(tuple(args.vms), tuple(args.exclude),
-                          _options(args, b"-", destination), _home(args))
+                          _options(args, b"-", destination), home)
     plan, vms = preview(ctx.base_dir, ctx.host, probe, warn=ctx.warn)
     if not args.quiet:
         _summary(plan, vms, info)
@@ -126,7 +128,7 @@ def handle(ctx) -> int:
         return 0
     passphrase = read_passphrase(args.passphrase_file, confirm=True)
     request = BackupRequest(tuple(args.vms), tuple(args.exclude),
-                            _options(args, passphrase, destination), _home(args))
+                            _options(args, passphrase, destination), home)
     reporter = ProgressReporter(args.progress)
     try:
         run_backup(ctx.base_dir, ctx.host, ctx.hypervisor, request, destination, reporter)

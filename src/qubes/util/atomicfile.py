@@ -5,16 +5,42 @@ never a truncated one (CASES.md B59, B62).
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import grp
 import os
 import tempfile
+from functools import cache
 
 
 def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@cache
+def _syncfs():
+    return getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+
+
+def sync_filesystem(path: str) -> None:
+    """Flush the filesystem holding `path` to disk.
+
+    Why not os.sync: that waits for every filesystem's dirty data, and a
+    restore only needs its own files durable before it registers them.
+    """
+    syncfs = _syncfs()
+    if syncfs is None:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
     finally:
         os.close(fd)
 
