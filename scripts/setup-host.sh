@@ -5,8 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Real VMs (VMM.md §7): QEMU, libvirtd without libvirt-daemon-system (it
+# drags in systemd), busybox-static and e2fsprogs for the tiny template.
 APT_PACKAGES=(tar gzip bzip2 xz-utils openssl scrypt coreutils
-              libvirt-dev pkg-config gcc python3 python3-dev python3-venv)
+              libvirt-dev pkg-config gcc python3 python3-dev python3-venv
+              qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu
+              libvirt-clients busybox-static e2fsprogs)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -52,3 +56,5 @@ if [ ! -f "$stamp" ]; then
     rm -f .venv/.stamp-*
     touch "$stamp"
 fi
+
+bash scripts/start-libvirtd.sh

@@ -111,6 +111,7 @@ class HVM(QubesVM):
     TEMPLATE_TYPE = "TemplateHVM"
     HAS_KERNEL = False
     is_appvm = True
+    is_hvm = True
     UNAVAILABLE = _KERNEL_PROPS | {"netid", "dispid", "maxmem"}
 
     drive = Property(default=None, convert=convert_drive)

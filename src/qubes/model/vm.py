@@ -222,6 +222,7 @@ class QubesVM(PropertyHolder):
     is_appvm = False
     is_disposablevm = False
     is_adminvm = False
+    is_hvm = False
     UNAVAILABLE: frozenset[str] = frozenset()
 
     qid = Property(read_only=True, order=0)

@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass
 
 from qubes.errors import QubesError, StorageError
+from qubes.ops.dispvm import RESERVED
 from qubes.storage import file as storage
 from qubes.store.access import modify_collection, read_collection
 
@@ -78,6 +79,9 @@ def _images(cls, app, template_name, source_name, opts) -> dict:
 
 
 def create_vm(base_dir: str, host, opts: CreateOptions) -> None:
+    if RESERVED.fullmatch(opts.name):
+        raise QubesError(f"the name '{opts.name}' is reserved: dispN names are given to "
+                         "DisposableVMs")
     if (opts.root_copy_from or opts.root_move_from) and opts.template and not opts.standalone:
         raise QubesError("root.img can be specified only for standalone VMs")
     if opts.root_copy_from and opts.root_move_from:
@@ -105,10 +109,18 @@ def create_vm(base_dir: str, host, opts: CreateOptions) -> None:
 
 
 def add_template(base_dir: str, host, name: str, dir_path: str | None = None,
-                 conf_file: str | None = None, rpm: bool = False, label: str | None = None) -> None:
-    """Register an existing template directory holding root.img (always offline)."""
+                 conf_file: str | None = None, rpm: bool = False, label: str | None = None,
+                 kernel: str | None = None) -> None:
+    """Register an existing template directory holding root.img (always offline).
+
+    `kernel` also becomes the default kernel when the collection has none.
+    """
     with modify_collection(base_dir, host) as app:
         vm = app.add_new_vm("TemplateVM", name, label=label, installed_by_rpm=rpm or None)
+        if kernel is not None:
+            if app.default_kernel is None:
+                app.set_global("default_kernel", kernel)
+            vm.kernel = kernel
         if dir_path:
             vm.dir_path = os.path.abspath(dir_path)
         if conf_file:

@@ -1,17 +1,21 @@
 """The R2 /var/lib/qubes layout: images are sparse files, copies keep holes."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 
 from qubes.errors import StorageError
 from qubes.util.atomicfile import describe_os_error, fsync_dir
 from qubes.util.sparse import copy_sparse, copy_tree_sparse, create_sparse
+from qubes.util.text import decode_output
 
 GiB = 1024**3
 PRIVATE_IMG_SIZE = 2 * GiB
 ROOT_IMG_SIZE = 10 * GiB
 HVM_DISK_SIZE = 20 * GiB
+VOLATILE_IMG_SIZE = 1 * GiB
 
 
 def staging_dir(final_dir: str) -> str:
@@ -78,3 +82,74 @@ def move_dir(src: str, dst: str) -> None:
         os.rename(src, dst)
     except OSError as exc:
         raise StorageError(f"cannot rename {src} to {dst}: {describe_os_error(exc)}") from None
+
+
+# --- copy-on-write roots (VMM.md §12: qcow2 overlays stand in for dm snapshots) ---
+
+def _qemu_img(*args: str) -> None:
+    try:
+        proc = subprocess.run(["qemu-img", *args], capture_output=True, timeout=600)
+    except FileNotFoundError:
+        raise StorageError("qemu-img is not installed (package qemu-utils)") from None
+    if proc.returncode != 0:
+        raise StorageError(f"qemu-img {args[0]} failed: "
+                           f"{decode_output(proc.stderr).strip() or proc.returncode}")
+
+
+def new_overlay(path: str, backing: str) -> None:
+    """An empty qcow2 overlay at `path` over the raw image `backing`, replacing any old one.
+
+    The backing path is stored relative to the overlay when they share a parent
+    tree, so VM directories stay relocatable.
+    """
+    if not os.path.isfile(backing):
+        raise StorageError(f"the root image {backing} is missing")
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    rel = os.path.relpath(backing, os.path.dirname(path))
+    _qemu_img("create", "-q", "-f", "qcow2", "-F", "raw", "-b", rel, path)
+
+
+def commit_overlay(path: str) -> None:
+    """Write an overlay's changes into its backing image, then empty the overlay."""
+    _qemu_img("commit", "-q", "-d", path)
+    # `commit -d` keeps the overlay's data: a fresh empty overlay follows.
+    _qemu_img("create", "-q", "-f", "qcow2", "-F", "raw", "-b",
+              _backing_of(path), path)
+
+
+def _backing_of(path: str) -> str:
+    proc = subprocess.run(["qemu-img", "info", "--output=json", path], capture_output=True,
+                          timeout=60)
+    if proc.returncode != 0:
+        raise StorageError(f"qemu-img info {path} failed: {decode_output(proc.stderr).strip()}")
+    info = json.loads(proc.stdout)
+    backing = info.get("backing-filename")
+    if not backing:
+        raise StorageError(f"{path} is not an overlay")
+    return backing
+
+
+def overlay_has_changes(path: str) -> bool:
+    """Whether an overlay holds any written cluster (qemu-img map shows data in it)."""
+    if not os.path.exists(path):
+        return False
+    proc = subprocess.run(["qemu-img", "map", "--output=json", path], capture_output=True,
+                          timeout=60)
+    if proc.returncode != 0:
+        raise StorageError(f"qemu-img map {path} failed: {decode_output(proc.stderr).strip()}")
+    return any(e.get("depth") == 0 and e.get("data") for e in json.loads(proc.stdout))
+
+
+def fresh_volatile(path: str, size: int = VOLATILE_IMG_SIZE) -> None:
+    """A new empty sparse volatile image; nothing of the previous run survives."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    try:
+        create_sparse(path, size)
+    except OSError as exc:
+        raise StorageError(f"cannot create {path}: {describe_os_error(exc)}") from None

@@ -1,4 +1,7 @@
-"""qvm-check: does a VM exist? (TOOLS.md §7). Exit 0 if it does, 1 if not."""
+"""qvm-check: does a VM exist, or with --running, does it run? (TOOLS.md §7).
+
+Exit 0 if it does, 1 if not.
+"""
 from __future__ import annotations
 
 from qubes.errors import ExitCode
@@ -8,6 +11,7 @@ from qubes.tools import _cli
 def build_parser():
     p = _cli.make_parser("qvm-check", "Check whether a VM exists.")
     p.add_argument("-q", "--quiet", action="store_true", help="no output, only the exit code")
+    p.add_argument("--running", action="store_true", help="check that the VM is running")
     p.add_argument("name", metavar="VM")
     return p
 
@@ -17,6 +21,10 @@ def main(argv=None) -> int:
         name = ctx.args.name
         with ctx.read() as app:
             exists = app.get(name) is not None
+        if exists and ctx.args.running:
+            running = ctx.hypervisor.domain_states([name])[name].state.is_running
+            ctx.info(f"A VM with the name '{name}' is {'' if running else 'not '}running.")
+            return ExitCode.OK if running else ExitCode.ERROR
         if exists:
             ctx.info(f"A VM with the name '{name}' does exist.")
             return ExitCode.OK

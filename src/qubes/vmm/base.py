@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import Iterable, Protocol
 
 from qubes.errors import OfflineError, VMMError  # noqa: F401  (re-exported)
@@ -39,6 +40,44 @@ class DomainInfo:
         self.cpu_time_ns = cpu_time_ns
 
 
+@dataclass(frozen=True)
+class DiskSpec:
+    path: str
+    target: str            # vda, vdb, ...
+    fmt: str = "raw"       # raw or qcow2
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class NicSpec:
+    bridge: str
+    mac: str
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """Everything a domain definition is made from; built by ops from VM properties.
+
+    `owner` marks the domain as ours (the qubes.xml directory it belongs to), so
+    domains of other collections on the same libvirtd are never touched.
+    """
+
+    name: str
+    uuid: str
+    owner: str
+    memory_mb: int
+    maxmem_mb: int
+    vcpus: int
+    disks: tuple[DiskSpec, ...]
+    console_log: str
+    agent_socket: str
+    kernel: str | None = None      # None: boot from the first disk (HVM)
+    initramfs: str | None = None
+    cmdline: str = ""
+    nics: tuple[NicSpec, ...] = ()
+    accel: str = "qemu"            # libvirt domain type: "qemu" (TCG) or "kvm"
+
+
 class Hypervisor(Protocol):
     offline: bool
     uri: str
@@ -47,7 +86,31 @@ class Hypervisor(Protocol):
         """Runtime info for every named domain in one listing; missing = halted."""
         ...
 
+    def start(self, spec: DomainSpec) -> None:
+        """(Re)define the domain from `spec` and start it."""
+        ...
+
+    def shutdown(self, name: str) -> None: ...
+
+    def kill(self, name: str) -> None: ...
+
+    def pause(self, name: str) -> None: ...
+
+    def unpause(self, name: str) -> None: ...
+
+    def undefine(self, name: str) -> None: ...
+
+    def owned_domains(self, owner: str) -> dict[str, DomainState]:
+        """Every defined domain marked as belonging to `owner`, with its state."""
+        ...
+
+    def attach_nic(self, name: str, nic: NicSpec) -> None: ...
+
+    def detach_nic(self, name: str, mac: str) -> None: ...
+
     def host_memory_mb(self) -> int: ...
+
+    def host_free_memory_mb(self) -> int: ...
 
     def host_cpus(self) -> int: ...
 

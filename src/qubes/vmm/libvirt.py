@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Iterable
 
 from qubes.errors import VMMError
-from qubes.vmm.base import DomainInfo, DomainState
+from qubes.vmm import domain_xml
+from qubes.vmm.base import DomainInfo, DomainSpec, DomainState, NicSpec
 
 _STATE_MAP = {
     1: DomainState.RUNNING,     # VIR_DOMAIN_RUNNING
@@ -68,8 +69,122 @@ class LibvirtHypervisor:
                 raise VMMError(f"reading domain state failed: {exc.get_error_message()}") from None
         return result
 
+    # --- actions -------------------------------------------------------------
+
+    def _fail(self, what: str, name: str, exc) -> VMMError:
+        return VMMError(f"{what} '{name}' failed: {exc.get_error_message()}")
+
+    def _lookup(self, name: str):
+        """The domain, or None when libvirt has none of that name."""
+        try:
+            return self.conn.lookupByName(name)
+        except self._libvirt.libvirtError as exc:
+            if exc.get_error_code() == self._libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise self._fail("looking up", name, exc) from None
+
+    def _domain(self, name: str):
+        dom = self._lookup(name)
+        if dom is None or not dom.isActive():
+            raise VMMError(f"VM '{name}' is not running")
+        return dom
+
+    def start(self, spec: DomainSpec) -> None:
+        """Define from `spec` (libvirt follows qubes.xml at every start), then create.
+
+        A definition of the same name that another collection owns is never replaced.
+        """
+        old = self._lookup(spec.name)
+        if old is not None:
+            owner = domain_xml.owner_of(old.XMLDesc(0))
+            if owner != spec.owner:
+                raise VMMError(f"libvirt already has a domain named '{spec.name}' that "
+                               f"does not belong to this collection ({owner or 'unknown owner'})")
+            if old.isActive():
+                raise VMMError(f"VM '{spec.name}' is already running")
+            if old.UUIDString() != spec.uuid:
+                old.undefine()
+        error = self._libvirt.libvirtError
+        try:
+            dom = self.conn.defineXML(domain_xml.render(spec))
+            dom.create()
+        except error as exc:
+            raise self._fail("starting", spec.name, exc) from None
+
+    def _act(self, name: str, what: str, method: str) -> None:
+        dom = self._domain(name)
+        try:
+            getattr(dom, method)()
+        except self._libvirt.libvirtError as exc:
+            if not dom.isActive():
+                return  # it stopped meanwhile: what was asked for has happened (B92)
+            raise self._fail(what, name, exc) from None
+
+    def shutdown(self, name: str) -> None:
+        self._act(name, "shutting down", "shutdown")
+
+    def kill(self, name: str) -> None:
+        self._act(name, "killing", "destroy")
+
+    def pause(self, name: str) -> None:
+        self._act(name, "pausing", "suspend")
+
+    def unpause(self, name: str) -> None:
+        self._act(name, "unpausing", "resume")
+
+    def undefine(self, name: str) -> None:
+        dom = self._lookup(name)
+        if dom is None:
+            return
+        try:
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+        except self._libvirt.libvirtError as exc:
+            if exc.get_error_code() != self._libvirt.VIR_ERR_NO_DOMAIN:
+                raise self._fail("removing the definition of", name, exc) from None
+
+    def owned_domains(self, owner: str) -> dict[str, DomainState]:
+        found = {}
+        for dom in self.conn.listAllDomains(0):
+            try:
+                if domain_xml.owner_of(dom.XMLDesc(0)) != owner:
+                    continue
+                state = _STATE_MAP.get(dom.info()[0], DomainState.NA) if dom.isActive() \
+                    else DomainState.HALTED
+                found[dom.name()] = state
+            except self._libvirt.libvirtError as exc:
+                if exc.get_error_code() != self._libvirt.VIR_ERR_NO_DOMAIN:
+                    raise VMMError(f"listing domains failed: {exc.get_error_message()}") \
+                        from None
+        return found
+
+    def attach_nic(self, name: str, nic: NicSpec) -> None:
+        dom = self._domain(name)
+        try:
+            dom.attachDeviceFlags(domain_xml.nic_xml(nic), self._libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        except self._libvirt.libvirtError as exc:
+            raise self._fail("attaching a network interface to", name, exc) from None
+
+    def detach_nic(self, name: str, mac: str) -> None:
+        dom = self._domain(name)
+        import xml.etree.ElementTree as ET  # noqa: PLC0415
+        for node in ET.fromstring(dom.XMLDesc(0)).iter("interface"):
+            mac_node = node.find("mac")
+            if mac_node is not None and mac_node.get("address", "").lower() == mac.lower():
+                try:
+                    dom.detachDeviceFlags(ET.tostring(node, encoding="unicode"),
+                                          self._libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                except self._libvirt.libvirtError as exc:
+                    raise self._fail("detaching a network interface from", name, exc) from None
+
+    # --- host ---------------------------------------------------------------
+
     def host_memory_mb(self) -> int:
         return int(self.conn.getInfo()[1])
+
+    def host_free_memory_mb(self) -> int:
+        return int(self.conn.getFreeMemory() // (1024 * 1024))
 
     def host_cpus(self) -> int:
         return int(self.conn.getInfo()[2])

@@ -14,8 +14,14 @@ class OfflineHypervisor:
     def domain_states(self, names: Iterable[str]) -> dict[str, DomainInfo]:
         return {name: DomainInfo(DomainState.HALTED) for name in names}
 
-    def host_memory_mb(self) -> int:
+    def owned_domains(self, owner: str) -> dict:
+        return {}
+
+    def _refuse(self, *_args) -> None:
         raise OfflineError()
+
+    start = shutdown = kill = pause = unpause = undefine = attach_nic = detach_nic = _refuse
+    host_memory_mb = host_free_memory_mb = _refuse
 
     def host_cpus(self) -> int:
         raise OfflineError()

@@ -1,0 +1,15 @@
+"""Files that run inside a guest: the tiny template's two init stages.
+
+Data only; nothing here is imported by the core. `ops.template_build` packs
+`initramfs-init` into the kernel's initramfs and `qubes-init` into the
+template's root filesystem.
+
+Guest protocol (ours, as small as a test needs):
+- kernel command line: `qubes.name=NAME qubes.services=a,b` (services enabled
+  for this VM, comma-separated);
+- first serial port (console.log): `QUBES-READY NAME` once the disks are
+  mounted and the services started;
+- second serial port (agent.sock): the host sends `NONCE BASE64-COMMAND`
+  lines; the guest answers with the command's output, base64-encoded, then
+  `NONCE EXIT-CODE`.
+"""

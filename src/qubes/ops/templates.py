@@ -1,0 +1,69 @@
+"""Template roots: pending changes live in the template's overlay until committed.
+
+A template runs on `root-cow.qcow2` over its `root.img`; VMs based on it run on
+their own overlays over `root.img`. Writing the template's changes into
+`root.img` while such a VM runs would change a disk under a running guest, so
+a commit waits until no VM based on the template runs (CASES.md B96).
+"""
+from __future__ import annotations
+
+import os
+
+from qubes.errors import QubesError
+from qubes.ops import domain
+from qubes.storage import file as storage
+from qubes.vmm.base import DomainState
+
+
+def _busy(app, hv, template) -> list[str]:
+    names = [template.name] + [v.name for v in app.vms_based_on(template)]
+    states = hv.domain_states(names)
+    return [n for n in names if states[n].state is not DomainState.HALTED]
+
+
+def has_pending_changes(template) -> bool:
+    return storage.overlay_has_changes(domain.template_overlay(template))
+
+
+def commit(app, hv, template) -> bool:
+    """Write the template's pending changes into root.img; False when there were none."""
+    if not template.is_template:
+        raise QubesError(f"A VM '{template.name}' is not template.")
+    busy = _busy(app, hv, template)
+    if template.name in busy:
+        raise QubesError(f"{template.name} is running; shut it down first")
+    if busy:
+        raise QubesError(f"VM(s) based on '{template.name}' are running: {', '.join(busy)}")
+    if not has_pending_changes(template):
+        return False
+    storage.commit_overlay(domain.template_overlay(template))
+    return True
+
+
+def commit_if_possible(app, hv, template) -> bool:
+    """The automatic commit when the template or its last running child stops."""
+    if _busy(app, hv, template) or not has_pending_changes(template):
+        return False
+    storage.commit_overlay(domain.template_overlay(template))
+    return True
+
+
+def revert(app, hv, template) -> bool:
+    """Drop the template's pending changes; False when there were none."""
+    if not template.is_template:
+        raise QubesError(f"A VM '{template.name}' is not template.")
+    if template.name in _busy(app, hv, template):
+        raise QubesError(f"{template.name} is running; shut it down first")
+    if not has_pending_changes(template):
+        return False
+    storage.new_overlay(domain.template_overlay(template), template.root_img)
+    return True
+
+
+def discard_overlay(vm) -> None:
+    """A stopped template-based VM's root changes are gone by design."""
+    if vm.template is not None:
+        try:
+            os.unlink(os.path.join(vm.dir_path, domain.APPVM_OVERLAY))
+        except FileNotFoundError:
+            pass

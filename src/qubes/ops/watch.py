@@ -1,0 +1,79 @@
+"""What happens when a VM stops, however it stops.
+
+`spawn` starts a detached watcher (`python -m qubes.ops.watch BASE NAME`)
+with the VM; it polls the domain's state and runs `after_stop` once the
+domain is gone, so a guest that powers itself off, a kill from virsh or a
+crash all get the same clean-up. Tools that wait for a stop call
+`after_stop` themselves; it is idempotent.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import subprocess
+import sys
+import time
+
+from qubes.errors import QubesError
+from qubes.ops import dispvm, templates
+from qubes.store.access import read_collection
+from qubes.vmm.base import DomainState
+
+POLL = 0.3
+
+
+def spawn(base_dir: str, name: str) -> None:
+    env = dict(os.environ, QUBES_BASE_DIR=base_dir)
+    subprocess.Popen([sys.executable, "-m", "qubes.ops.watch", base_dir, name], env=env,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+
+
+@contextlib.contextmanager
+def _one_at_a_time(base_dir: str):
+    """The tool and the watcher both clean up after a stop: never at the same time."""
+    fd = os.open(os.path.join(base_dir, ".after-stop.lock"), os.O_RDWR | os.O_CREAT, 0o660)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def after_stop(base_dir: str, host, hv, name: str) -> list[str]:
+    """Clean up after `name` stopped; returns what was done, for messages."""
+    done = []
+    with _one_at_a_time(base_dir):
+        with read_collection(base_dir, host) as app:
+            vm = app.get(name)
+            if vm is None or hv.domain_states([name])[name].state is not DomainState.HALTED:
+                return done
+            disposable = vm.is_disposablevm
+            templates.discard_overlay(vm)
+            template = vm if vm.is_template else vm.template
+            if template is not None and template.is_template:
+                if templates.commit_if_possible(app, hv, template):
+                    done.append(f"committed the changes of template '{template.name}'")
+        if disposable and dispvm.remove_if_stopped(base_dir, host, hv, name):
+            done.append(f"removed the DisposableVM '{name}'")
+    return done
+
+
+def main(argv: list[str]) -> int:
+    base_dir, name = argv
+    from qubes import vmm
+    from qubes.util.host import LocalHost
+    hv = vmm.connect()
+    host = LocalHost(base_dir)
+    try:
+        while hv.domain_states([name])[name].state is not DomainState.HALTED:
+            time.sleep(POLL)
+        after_stop(base_dir, host, hv, name)
+    except (QubesError, OSError):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
