@@ -23,9 +23,9 @@ def test_children_see_template_changes_only_after_the_commit(q, fresh):
     q("qvm-start", tpl)  # the template still has its change while it waits
     assert q.out("qvm-run", "-p", tpl, "ls /opt") == "new\n"
     q("qvm-shutdown", "--wait", tpl, a, b)  # the last one down lets the commit happen
+    assert "no changes" in q.out("qvm-template-commit", tpl)  # nothing left pending
     q("qvm-start", a)
     assert q.out("qvm-run", "-p", a, "ls /opt") == "new\n"
-    assert "no changes" in q.out("qvm-template-commit", tpl)
 
 
 def test_reverting_drops_the_changes_of_the_last_run(q, fresh):
