@@ -64,7 +64,7 @@ def test_host_derived_defaults(app):
     ("memory", "9000", "This host has only 8192 MB of RAM"),
     ("vcpus", "3", "This host has only 2 cpus"),
     ("vcpus", "0", "vcpus must be a positive integer"),
-    ("kernel", "4.0", "Kernel version 4.0 not installed."),
+    ("kernel", "4.0", "Kernel version 4.0 not installed"),
     ("mac", "00:16:3E:5E:6C", "is not a MAC address"),
     ("label", "pink", "no such label 'pink'"),
     ("netvm", "work", "VM 'work' is not a NetVM"),

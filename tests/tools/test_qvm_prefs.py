@@ -248,7 +248,7 @@ REJECTED = [
      "Invalid value for include_in_backups: '1' is not a boolean (use True or False)"),
     (["work", "debug", "maybe"],
      "Invalid value for debug: 'maybe' is not a boolean (use True, False, on or off)"),
-    (["work", "kernel", "9.9.9"], "Invalid value for kernel: Kernel version 9.9.9 not installed."),
+    (["work", "kernel", "9.9.9"], "Invalid value for kernel: Kernel version 9.9.9 not installed"),
     (["work", "kernel", "../../etc"],
      "Invalid value for kernel: '../../etc' is not a valid kernel version"),
     (["work", "template", "netvm"],

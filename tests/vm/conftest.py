@@ -59,8 +59,9 @@ def _destroy_owned(base) -> None:
     from qubes import vmm
     from qubes.ops.domain import owner_tag
     hv = vmm.connect(offline=False, uri=URI)
-    for name in hv.owned_domains(owner_tag(str(base))):
-        hv.undefine(name)
+    owner = owner_tag(str(base))
+    for name in hv.owned_domains(owner):
+        hv.undefine(name, owner)
     hv.close()
 
 

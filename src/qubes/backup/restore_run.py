@@ -423,6 +423,14 @@ def adopt_globals(app, backup, plans: list[VMPlan], reporter: Reporter) -> None:
             app.set_global(attr, came_back[theirs.name])
             reporter.message(f"{attr.replace('_', '-')} set to '{came_back[theirs.name]}' "
                              "as in the backup")
+    kernel = backup.default_kernel
+    if app.default_kernel is None and kernel is not None and came_back:
+        try:
+            app.set_global("default_kernel", kernel)
+            reporter.message(f"default-kernel set to '{kernel}' as in the backup")
+        except QubesError:
+            reporter.warning(f"the backup's default kernel '{kernel}' is not installed here; "
+                             "VMs that follow it have no kernel until one is set")
 
 
 def _create(app, plan: VMPlan, reporter: Reporter):

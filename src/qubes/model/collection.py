@@ -181,7 +181,7 @@ class VMCollection:
             if version is None:
                 raise InvalidValueError(name, "the default kernel cannot be unset")
             if self.host is not None and not self.host.kernel_installed(version):
-                raise InvalidValueError(name, f"Kernel version {version} not installed.")
+                raise InvalidValueError(name, f"Kernel version {version} not installed")
             self.default_kernel = version
             return
         if name not in GLOBAL_VM_REFS:

@@ -123,7 +123,7 @@ def _convert_kernel(vm, value):
     version = check_kernel_name(value)
     host = vm.collection.host if vm.collection is not None else None
     if version is not None and host is not None and not host.kernel_installed(version):
-        raise ValueError(f"Kernel version {version} not installed.")
+        raise ValueError(f"Kernel version {version} not installed")
     return version
 
 

@@ -17,6 +17,7 @@ from qubes.ops import domain
 from qubes.vmm.base import DomainSpec, DomainState
 
 PROBE_TIMEOUT = 10.0
+PROBE_OWNER = "accelerator-probe"
 _DOMAIN_TYPE = {"kvm": "kvm", "tcg": "qemu"}
 
 
@@ -66,7 +67,7 @@ def probe(hv, vmlinuz: str, initramfs: str | None, timeout: float = PROBE_TIMEOU
     with tempfile.TemporaryDirectory(prefix="qubes-accel-") as tmp:
         log = os.path.join(tmp, "console.log")
         name = f"qubes-accel-probe-{os.getpid()}"
-        spec = DomainSpec(name=name, uuid=str(uuidlib.uuid4()), owner="accelerator-probe",
+        spec = DomainSpec(name=name, uuid=str(uuidlib.uuid4()), owner=PROBE_OWNER,
                           memory_mb=256, maxmem_mb=256, vcpus=1, disks=(), console_log=log,
                           agent_socket=os.path.join(tmp, "agent"), kernel=vmlinuz,
                           initramfs=initramfs, cmdline="console=ttyS0 panic=-1 qubes.probe=1",
@@ -74,7 +75,7 @@ def probe(hv, vmlinuz: str, initramfs: str | None, timeout: float = PROBE_TIMEOU
         try:
             hv.start(spec)
         except QubesError:
-            hv.undefine(name)
+            hv.undefine(name, PROBE_OWNER)
             return "tcg"
         try:
             deadline = time.monotonic() + timeout
@@ -88,5 +89,5 @@ def probe(hv, vmlinuz: str, initramfs: str | None, timeout: float = PROBE_TIMEOU
                 time.sleep(0.1)
             return "tcg"
         finally:
-            hv.undefine(name)
+            hv.undefine(name, PROBE_OWNER)
 

@@ -11,6 +11,7 @@ import os
 import re
 
 from qubes.errors import QubesError
+from qubes.ops.domain import owner_tag
 from qubes.storage import file as storage
 from qubes.store.access import modify_collection
 from qubes.vmm.base import DomainState
@@ -67,7 +68,7 @@ def remove_if_stopped(base_dir: str, host, hv, name: str) -> bool:
         dir_path = vm.dir_path
         app.remove(vm)
     if not hv.offline:
-        hv.undefine(name)
+        hv.undefine(name, owner_tag(base_dir))
     storage.remove_dir(dir_path)
     return True
 

@@ -75,8 +75,12 @@ def kernel_files(vm) -> tuple[str, str | None] | None:
     kdir = vm.kernels_dir
     vmlinuz = os.path.join(kdir, "vmlinuz")
     if not os.path.isfile(vmlinuz):
-        which = f"kernel '{vm.kernel}'" if vm.kernel else "its own kernel"
-        raise QubesError(f"{which} for VM '{vm.name}' is not installed (missing {vmlinuz})")
+        if vm.kernel:
+            raise QubesError(f"kernel '{vm.kernel}' for VM '{vm.name}' is not installed "
+                             f"(missing {vmlinuz})")
+        raise QubesError(f"VM '{vm.name}' has no kernel set and none of its own (missing "
+                         f"{vmlinuz}); install one under vm-kernels/ and choose it with "
+                         f"qvm-prefs -s {vm.name} kernel VERSION")
     initramfs = os.path.join(kdir, "initramfs")
     return vmlinuz, initramfs if os.path.isfile(initramfs) else None
 

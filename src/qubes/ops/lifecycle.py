@@ -26,6 +26,7 @@ POLL = 0.1
 class StartResult:
     started: list[str] = field(default_factory=list)   # in start order, netvms first
     ready_seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def _check_startable(app, hv, vm) -> None:
@@ -98,11 +99,13 @@ def _start_one(base_dir, host, hv, name, wait, timeout, result: StartResult) -> 
         has_agent = vm.HAS_KERNEL
     began = time.monotonic()
     try:
-        hv.start(spec)
+        note = hv.start(spec)
     except BaseException:
         watch.after_stop(base_dir, host, hv, name)
         raise
     result.started.append(name)
+    if note:
+        result.notes.append(note)
     watch.spawn(base_dir, name)
     if wait and has_agent:
         wait_ready(hv, name, spec.console_log, limit)
@@ -117,7 +120,8 @@ def wait_ready(hv, name: str, console_log: str, limit: float) -> None:
         if READY in text:
             return
         if FAILED in text:
-            _give_up(hv, name, console_log, "the guest could not boot")
+            said = text.split(FAILED, 1)[1].split(b"\n", 1)[0].decode("ascii", "replace").strip()
+            _give_up(hv, name, console_log, f"failed to boot ({said})")
         if hv.domain_states([name])[name].state is DomainState.HALTED:
             raise QubesError(f"VM '{name}' stopped while starting; see {console_log}")
         if time.monotonic() > deadline:

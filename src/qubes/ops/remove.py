@@ -5,6 +5,7 @@ import os
 
 from qubes.errors import QubesError
 from qubes.ops import ensure_halted
+from qubes.ops.domain import owner_tag
 from qubes.storage import file as storage
 from qubes.store.access import modify_collection
 
@@ -20,6 +21,8 @@ def remove_vm(base_dir: str, host, hypervisor, name: str, just_db: bool = False)
             raise QubesError("This VM has been installed by RPM, use rpm -e <pkg name> to remove it!")
         dir_path = vm.dir_path
         warnings = app.remove(vm)
+        if not hypervisor.offline:
+            hypervisor.undefine(name, owner_tag(base_dir))
     if just_db:
         return warnings
     warning = storage.remove_dir(dir_path)
@@ -36,6 +39,8 @@ def rename_vm(app, hypervisor, vm, untrusted_new_name: str) -> None:
     old_dir, old_conf, followed = vm.dir_path, vm.conf_file, vm.is_default("dir_path")
     old_name = vm.name
     vm.name = untrusted_new_name
+    if not hypervisor.offline:  # the next start defines it under the new name
+        hypervisor.undefine(old_name, owner_tag(app.base_dir))
     if not followed:
         return
     new_dir = vm.dir_path

@@ -60,10 +60,13 @@ def revert(app, hv, template) -> bool:
     return True
 
 
-def discard_overlay(vm) -> None:
-    """A stopped template-based VM's root changes are gone by design."""
+def discard_run_data(vm) -> None:
+    """What only lived for one run: a template-based VM's root changes, the volatile disk."""
+    paths = [vm.volatile_img] if vm.HAS_KERNEL else []
     if vm.template is not None:
+        paths.append(os.path.join(vm.dir_path, domain.APPVM_OVERLAY))
+    for path in paths:
         try:
-            os.unlink(os.path.join(vm.dir_path, domain.APPVM_OVERLAY))
+            os.unlink(path)
         except FileNotFoundError:
             pass

@@ -50,7 +50,7 @@ def after_stop(base_dir: str, host, hv, name: str) -> list[str]:
             if vm is None or hv.domain_states([name])[name].state is not DomainState.HALTED:
                 return done
             disposable = vm.is_disposablevm
-            templates.discard_overlay(vm)
+            templates.discard_run_data(vm)
             template = vm if vm.is_template else vm.template
             if template is not None and template.is_template:
                 if templates.commit_if_possible(app, hv, template):

@@ -32,6 +32,8 @@ def main(argv=None) -> int:
         else:
             result = start_vm(ctx.base_dir, ctx.host, ctx.hypervisor, a.name,
                               wait=not a.no_wait, timeout=a.timeout)
+        for note in result.notes:
+            ctx.warn(note)
         for name in result.started:
             took = result.ready_seconds.get(name)
             ctx.info(f"{name}: started" + (f", ready after {took:.1f} s" if took else ""))

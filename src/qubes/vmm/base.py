@@ -86,8 +86,8 @@ class Hypervisor(Protocol):
         """Runtime info for every named domain in one listing; missing = halted."""
         ...
 
-    def start(self, spec: DomainSpec) -> None:
-        """(Re)define the domain from `spec` and start it."""
+    def start(self, spec: DomainSpec) -> str | None:
+        """(Re)define the domain from `spec` and start it; returns a note for the user."""
         ...
 
     def shutdown(self, name: str) -> None: ...
@@ -98,7 +98,7 @@ class Hypervisor(Protocol):
 
     def unpause(self, name: str) -> None: ...
 
-    def undefine(self, name: str) -> None: ...
+    def undefine(self, name: str, owner: str) -> None: ...
 
     def owned_domains(self, owner: str) -> dict[str, DomainState]:
         """Every defined domain marked as belonging to `owner`, with its state."""

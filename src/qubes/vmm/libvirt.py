@@ -1,6 +1,7 @@
 """libvirt implementation; the only module that imports libvirt, on first use."""
 from __future__ import annotations
 
+import os
 from typing import Iterable
 
 from qubes.errors import VMMError
@@ -89,20 +90,28 @@ class LibvirtHypervisor:
             raise VMMError(f"VM '{name}' is not running")
         return dom
 
-    def start(self, spec: DomainSpec) -> None:
+    def start(self, spec: DomainSpec) -> str | None:
         """Define from `spec` (libvirt follows qubes.xml at every start), then create.
 
-        A definition of the same name that another collection owns is never replaced.
+        A definition of the same name that another living collection owns is
+        never replaced; one whose collection directory is gone is (B65), and
+        the returned note says so.
         """
+        note = None
         old = self._lookup(spec.name)
         if old is not None:
             owner = domain_xml.owner_of(old.XMLDesc(0))
-            if owner != spec.owner:
-                raise VMMError(f"libvirt already has a domain named '{spec.name}' that "
-                               f"does not belong to this collection ({owner or 'unknown owner'})")
             if old.isActive():
-                raise VMMError(f"VM '{spec.name}' is already running")
-            if old.UUIDString() != spec.uuid:
+                raise VMMError(f"VM '{spec.name}' is already running"
+                               + ("" if owner == spec.owner else
+                                  f" for another collection ({owner or 'not ours'})"))
+            if owner != spec.owner:
+                if owner is None or os.path.isdir(owner):
+                    raise VMMError(f"libvirt already has a domain named '{spec.name}' that "
+                                   f"belongs to another collection ({owner or 'not ours'})")
+                note = (f"replaced the libvirt domain '{spec.name}' left by a removed "
+                        f"collection ({owner})")
+            if owner != spec.owner or old.UUIDString() != spec.uuid:
                 old.undefine()
         error = self._libvirt.libvirtError
         try:
@@ -110,6 +119,7 @@ class LibvirtHypervisor:
             dom.create()
         except error as exc:
             raise self._fail("starting", spec.name, exc) from None
+        return note
 
     def _act(self, name: str, what: str, method: str) -> None:
         dom = self._domain(name)
@@ -132,11 +142,14 @@ class LibvirtHypervisor:
     def unpause(self, name: str) -> None:
         self._act(name, "unpausing", "resume")
 
-    def undefine(self, name: str) -> None:
+    def undefine(self, name: str, owner: str) -> None:
+        """Destroy and forget `name`, if it is `owner`'s; others' domains are left alone."""
         dom = self._lookup(name)
         if dom is None:
             return
         try:
+            if domain_xml.owner_of(dom.XMLDesc(0)) != owner:
+                return
             if dom.isActive():
                 dom.destroy()
             dom.undefine()
