@@ -61,7 +61,7 @@ def test_b85_same_result_twice(fixture_vms, run):
     (["default-template", "work"],
      "Invalid value for default-template: VM 'work' is not a template"),
     (["default-kernel", "9.9"], "Invalid value for default-kernel: Kernel version 9.9 "
-                                "not installed."),
+                                "not installed"),
     (["default-kernel", "none"],
      "Invalid value for default-kernel: the default kernel cannot be unset"),
 ])

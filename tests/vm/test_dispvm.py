@@ -29,6 +29,7 @@ def gone(q, name: str) -> bool:
 def test_a_dispvm_leaves_no_trace_after_it_stops(q):
     disp = start_dispvm(q)
     assert disp in names(q)
+    assert (q.base / "appvms" / disp / "private.img").is_file()
     assert q.out("qvm-run", "-p", disp, "echo scratch > /rw/home/x; cat /rw/home/x") \
         == "scratch\n"
     q("qvm-shutdown", "--wait", disp)  # B93: exit 0 though the VM is gone afterwards

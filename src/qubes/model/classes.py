@@ -155,7 +155,8 @@ class DisposableVM(QubesVM):
 
     @property
     def dir_path(self):
-        return "/nonexistent"
+        """Its files live beside the AppVMs' while it runs (never saved in qubes.xml)."""
+        return os.path.join(self.collection.base_dir, self.DIR_SUBDIR, self.name)
 
     @property
     def ip(self):

@@ -85,16 +85,17 @@ def kernel_files(vm) -> tuple[str, str | None] | None:
     return vmlinuz, initramfs if os.path.isfile(initramfs) else None
 
 
-def cmdline(vm) -> str:
+def cmdline(vm, extra=()) -> str:
     services = ",".join(sorted(name for name, on in vm.services.items() if on))
     parts = ["console=ttyS0", "panic=-1", "quiet", vm.kernelopts or "",
              f"qubes.name={vm.name}"]
     if services:
         parts.append(f"qubes.services={services}")
-    return " ".join(p for p in parts if p)
+    return " ".join(p for p in [*parts, *extra] if p)
 
 
-def build_spec(vm, base_dir: str, accel: str, nics: tuple[NicSpec, ...] = ()) -> DomainSpec:
+def build_spec(vm, base_dir: str, accel: str, nics: tuple[NicSpec, ...] = (),
+               extra_cmdline=()) -> DomainSpec:
     """Prepare this start's disks and describe the domain; call with the VM halted."""
     kernel = kernel_files(vm)
     disks = [root_disk(vm)]
@@ -116,7 +117,7 @@ def build_spec(vm, base_dir: str, accel: str, nics: tuple[NicSpec, ...] = ()) ->
         vcpus=int(vm.vcpus or 1), disks=tuple(disks), console_log=console,
         agent_socket=agent_socket(base_dir, vm.name),
         kernel=kernel[0] if kernel else None, initramfs=kernel[1] if kernel else None,
-        cmdline=cmdline(vm) if kernel else "", nics=nics, accel=accel)
+        cmdline=cmdline(vm, extra_cmdline) if kernel else "", nics=nics, accel=accel)
 
 
 def read_log(path: str) -> bytes:

@@ -93,8 +93,8 @@ def _start_one(base_dir, host, hv, name, wait, timeout, result: StartResult) -> 
         vm = app[name]
         _check_startable(app, hv, vm)
         accel = accelerator.choose(hv, vm)
-        nics = network.prepare(app, hv, vm)
-        spec = domain.build_spec(vm, base_dir, accel, nics)
+        nics = network.prepare(base_dir, hv, vm)
+        spec = domain.build_spec(vm, base_dir, accel, nics, network.guest_args(vm))
         limit = timeout if timeout is not None else vm.qrexec_timeout
         has_agent = vm.HAS_KERNEL
     began = time.monotonic()

@@ -176,10 +176,11 @@ def _root_tree(tree: str) -> None:
     for applet in applets:
         if applet != "busybox":
             os.symlink("busybox", os.path.join(tree, "bin", applet))
-    init = os.path.join(tree, "sbin", "qubes-init")
-    with open(init, "wb") as f:
-        f.write(_guest_file("qubes-init"))
-    os.chmod(init, 0o755)
+    for script in ("qubes-init", "qubes-net"):
+        path = os.path.join(tree, "sbin", script)
+        with open(path, "wb") as f:
+            f.write(_guest_file(script))
+        os.chmod(path, 0o755)
 
 
 def _mkfs(image: str, size: int, tree: str | None = None) -> None:

@@ -314,6 +314,8 @@ def build_parser():
                    help="fields for --raw-data / --format json")
     p.add_argument("--list-fields", action="store_true",
                    help="print the field names --fields accepts")
+    p.add_argument("--host", action="store_true",
+                   help="show the host instead: accelerator (KVM or TCG), memory, CPU usage")
     p.add_argument("vms", metavar="VM", nargs="*", help="list only these VMs")
     return p
 
@@ -349,8 +351,23 @@ def _print_data(ctx, rows: list[Row]) -> None:
         print("|".join(_raw_text(FIELDS[f](row)) for f in names))
 
 
+def _print_host(ctx) -> int:
+    from qubes.ops.hostinfo import figures
+    host = figures(ctx.hypervisor, CPU_SAMPLE_SECONDS)
+    if ctx.args.format == "json":
+        print(json.dumps(host.__dict__, indent=2))
+        return 0
+    print(f"hypervisor:   {host.uri}")
+    print(f"accelerator:  {host.accelerator}")
+    print(f"cpus:         {host.cpus}, {host.cpu_usage_percent:.0f} % busy")
+    print(f"memory:       {host.memory_free_mb} MiB free of {host.memory_total_mb} MiB")
+    return 0
+
+
 def _handle(ctx) -> int:
     args = ctx.args
+    if args.host:
+        return _print_host(ctx)
     if args.list_fields:
         print("\n".join(FIELDS))
         return 0

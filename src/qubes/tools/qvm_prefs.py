@@ -14,7 +14,7 @@ import time
 
 from qubes.errors import (ExitCode, InvalidValueError, NoSuchPropertyError,
                           PropertyNotAvailableError, QubesError, ReadOnlyPropertyError)
-from qubes.ops import ensure_halted
+from qubes.ops import ensure_halted, network
 from qubes.tools import _cli
 
 _FMT = "{0:<19}: {1}"
@@ -214,13 +214,15 @@ def _set_or_reset(keyword: str):
     return setter
 
 
-def _set_netvm(_ctx, _app, vm, prop, value):
+def _set_netvm(ctx, app, vm, prop, value):
+    old = network.current_uplink(vm)
     if value.strip().lower() == "default":
         vm.reset_prop(prop)
     elif value.strip().lower() == "none":
         vm.set_prop(prop, None)
     else:
         vm.set_prop(prop, value)
+    network.replug(app, ctx.hypervisor, vm, old)  # a running VM moves at once
 
 
 def _set_kernel(_ctx, _app, vm, prop, value):

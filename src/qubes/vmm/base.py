@@ -50,7 +50,7 @@ class DiskSpec:
 
 @dataclass(frozen=True)
 class NicSpec:
-    bridge: str
+    network: str           # a libvirt network (ensure_network made it)
     mac: str
 
 
@@ -100,8 +100,12 @@ class Hypervisor(Protocol):
 
     def undefine(self, name: str, owner: str) -> None: ...
 
-    def owned_domains(self, owner: str) -> dict[str, DomainState]:
-        """Every defined domain marked as belonging to `owner`, with its state."""
+    def owned_domains(self, owner: str) -> dict[str, tuple[DomainState, str]]:
+        """Every defined domain marked as belonging to `owner`: name -> (state, uuid)."""
+        ...
+
+    def ensure_network(self, network: str, bridge: str) -> None:
+        """An isolated network on its own host bridge (no address, no forwarding)."""
         ...
 
     def attach_nic(self, name: str, nic: NicSpec) -> None: ...
@@ -111,6 +115,10 @@ class Hypervisor(Protocol):
     def host_memory_mb(self) -> int: ...
 
     def host_free_memory_mb(self) -> int: ...
+
+    def host_cpu_times(self) -> tuple[int, int]:
+        """(busy, total) CPU nanoseconds of the host, for usage between two samples."""
+        ...
 
     def host_cpus(self) -> int: ...
 

@@ -28,10 +28,19 @@ def nic_xml(nic: NicSpec) -> str:
     return ET.tostring(_nic(None, nic), encoding="unicode")
 
 
+def network_xml(network: str, bridge: str) -> str:
+    """A libvirt network over an existing bridge: no DHCP, no NAT, no host address."""
+    net = ET.Element("network")
+    _sub(net, "name", network)
+    _sub(net, "forward", mode="bridge")
+    _sub(net, "bridge", name=bridge)
+    return ET.tostring(net, encoding="unicode")
+
+
 def _nic(parent, nic: NicSpec) -> ET.Element:
-    node = ET.Element("interface", type="bridge") if parent is None \
-        else _sub(parent, "interface", type_="bridge")
-    _sub(node, "source", bridge=nic.bridge)
+    node = ET.Element("interface", type="network") if parent is None \
+        else _sub(parent, "interface", type_="network")
+    _sub(node, "source", network=nic.network)
     _sub(node, "mac", address=nic.mac.lower())
     _sub(node, "model", type_="virtio")
     return node

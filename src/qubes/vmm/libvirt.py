@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from typing import Iterable
 
 from qubes.errors import VMMError
@@ -17,6 +18,16 @@ _STATE_MAP = {
     6: DomainState.CRASHED,
     7: DomainState.SUSPENDED,   # PMSUSPENDED
 }
+
+
+def _ip(*args: str) -> None:
+    """Host bridges are made with iproute2: libvirt's own networks need iptables and dnsmasq."""
+    try:
+        proc = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    except FileNotFoundError:
+        raise VMMError("the ip command (iproute2) is not installed") from None
+    if proc.returncode != 0:
+        raise VMMError(f"ip {' '.join(args)} failed: {proc.stderr.strip()}")
 
 
 class LibvirtHypervisor:
@@ -157,7 +168,7 @@ class LibvirtHypervisor:
             if exc.get_error_code() != self._libvirt.VIR_ERR_NO_DOMAIN:
                 raise self._fail("removing the definition of", name, exc) from None
 
-    def owned_domains(self, owner: str) -> dict[str, DomainState]:
+    def owned_domains(self, owner: str) -> dict[str, tuple[DomainState, str]]:
         found = {}
         for dom in self.conn.listAllDomains(0):
             try:
@@ -165,12 +176,31 @@ class LibvirtHypervisor:
                     continue
                 state = _STATE_MAP.get(dom.info()[0], DomainState.NA) if dom.isActive() \
                     else DomainState.HALTED
-                found[dom.name()] = state
+                found[dom.name()] = (state, dom.UUIDString())
             except self._libvirt.libvirtError as exc:
                 if exc.get_error_code() != self._libvirt.VIR_ERR_NO_DOMAIN:
                     raise VMMError(f"listing domains failed: {exc.get_error_message()}") \
                         from None
         return found
+
+    def ensure_network(self, network: str, bridge: str) -> None:
+        if not os.path.isdir(f"/sys/class/net/{bridge}"):
+            _ip("link", "add", bridge, "type", "bridge")
+        _ip("link", "set", bridge, "up")
+        conn = self.conn
+        error = self._libvirt.libvirtError
+        try:
+            net = conn.networkLookupByName(network)
+        except error:
+            net = None
+        try:
+            if net is None:
+                conn.networkCreateXML(domain_xml.network_xml(network, bridge))
+            elif not net.isActive():
+                net.create()
+        except error as exc:
+            raise VMMError(f"creating the network '{network}' failed: "
+                           f"{exc.get_error_message()}") from None
 
     def attach_nic(self, name: str, nic: NicSpec) -> None:
         dom = self._domain(name)
@@ -198,6 +228,12 @@ class LibvirtHypervisor:
 
     def host_free_memory_mb(self) -> int:
         return int(self.conn.getFreeMemory() // (1024 * 1024))
+
+    def host_cpu_times(self) -> tuple[int, int]:
+        """(busy, total) nanoseconds over all CPUs since boot."""
+        stats = self.conn.getCPUStats(self._libvirt.VIR_NODE_CPU_STATS_ALL_CPUS)
+        total = sum(int(v) for v in stats.values())
+        return total - int(stats.get("idle", 0)) - int(stats.get("iowait", 0)), total
 
     def host_cpus(self) -> int:
         return int(self.conn.getInfo()[2])

@@ -21,7 +21,8 @@ class OfflineHypervisor:
         raise OfflineError()
 
     start = shutdown = kill = pause = unpause = undefine = attach_nic = detach_nic = _refuse
-    host_memory_mb = host_free_memory_mb = _refuse
+    ensure_network = _refuse
+    host_memory_mb = host_free_memory_mb = host_cpu_times = _refuse
 
     def host_cpus(self) -> int:
         raise OfflineError()

@@ -1,0 +1,91 @@
+"""Networks on real VMs (issue 4 §8; CASES.md B104-B107)."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+
+def prefs(q, vm: str, prop: str) -> str:
+    return q.out("qvm-prefs", "-g", vm, prop).strip()
+
+
+def pings(q, vm: str, address: str) -> bool:
+    return q("qvm-run", vm, f"ping -c 1 -W 3 {address}", check=False).returncode == 0
+
+
+def netvm(q, fresh, prefix="net") -> str:
+    name = fresh(prefix)
+    q("qvm-create", "--class", "NetVM", "-t", "tiny", "-l", "red", name)
+    return name
+
+
+def client(q, fresh, net: str) -> str:
+    name = fresh("c")
+    q("qvm-create", "-t", "tiny", "-l", "green", name)
+    q("qvm-prefs", "-s", name, "netvm", net)
+    return name
+
+
+def test_a_client_starts_its_netvm_and_reaches_its_gateway(q, fresh):
+    net = netvm(q, fresh)
+    app = client(q, fresh, net)
+    out = q.out("qvm-start", app)
+    assert out.index(f"{net}: started") < out.index(f"{app}: started")
+    ip = prefs(q, app, "ip")
+    gateway = prefs(q, app, "gateway")
+    assert q.out("qvm-run", "-p", app, "ip -4 addr show").count(ip) == 1
+    assert pings(q, app, gateway)
+    dump = subprocess.run(["virsh", "-c", "qemu:///system", "domiflist", app],
+                          capture_output=True, text=True).stdout
+    assert prefs(q, app, "mac").split()[0].lower() in dump.lower()
+
+
+def test_a_netvm_with_running_clients_is_shut_down_only_after_them(q, fresh):
+    """B104."""
+    net = netvm(q, fresh)
+    app = client(q, fresh, net)
+    q("qvm-start", app)
+    proc = q("qvm-shutdown", net, check=False)
+    assert proc.returncode == 1
+    assert f"ERROR: {net} has running clients: {app} (shut them down first or use --force)" \
+        .encode() in proc.stderr
+    q("qvm-shutdown", "--wait", net, app)  # one command: the client goes first
+    states = {r["name"]: r["state"] for r in json.loads(q.out("qvm-ls", "--format", "json"))}
+    assert states[net] == states[app] == "Halted"
+
+
+def test_changing_the_netvm_of_a_running_vm_moves_it(q, fresh):
+    """B107: the VM keeps running and reaches the new netvm; B106: the old one may be down."""
+    net1, net2 = netvm(q, fresh, "na"), netvm(q, fresh, "nb")
+    app = client(q, fresh, net1)
+    q("qvm-start", net2)
+    q("qvm-start", app)
+    q("qvm-kill", net1)
+    q("qvm-prefs", "-s", app, "netvm", net2)
+    assert prefs(q, app, "netvm") == net2
+    assert pings(q, app, prefs(q, app, "gateway"))
+    q("qvm-start", net1)
+    q("qvm-prefs", "-s", app, "netvm", net1)
+    assert pings(q, app, prefs(q, app, "gateway"))
+
+
+def test_moving_to_a_halted_netvm_is_refused_and_nothing_changes(q, fresh):
+    net1, net2 = netvm(q, fresh, "na"), netvm(q, fresh, "nb")
+    app = client(q, fresh, net1)
+    q("qvm-start", app)
+    proc = q("qvm-prefs", "-s", app, "netvm", net2, check=False)
+    assert proc.returncode == 1
+    assert f"the new netvm '{net2}' is not running; start it first".encode() in proc.stderr
+    assert prefs(q, app, "netvm") == net1
+    assert pings(q, app, prefs(q, app, "gateway"))
+
+
+def test_a_killed_netvm_comes_back_for_its_running_client(q, fresh):
+    """B105: no 'already exists', and the client reaches it again."""
+    net = netvm(q, fresh)
+    app = client(q, fresh, net)
+    q("qvm-start", app)
+    q("qvm-kill", net)
+    assert not pings(q, app, prefs(q, app, "gateway"))
+    q("qvm-start", net)
+    assert pings(q, app, prefs(q, app, "gateway"))
