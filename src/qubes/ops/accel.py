@@ -61,9 +61,14 @@ def choose(hv, vm) -> str:
 
 
 def probe(hv, vmlinuz: str, initramfs: str | None, timeout: float = PROBE_TIMEOUT) -> str:
-    """Boot the kernel under KVM; "kvm" if it speaks within `timeout`, else "tcg"."""
+    """"kvm" if the kernel boots under KVM within `timeout`, else "tcg"."""
     if not os.path.exists("/dev/kvm"):
         return "tcg"
+    return "kvm" if boots(hv, vmlinuz, initramfs, "kvm", timeout) else "tcg"
+
+
+def boots(hv, vmlinuz: str, initramfs: str | None, domain_type: str, timeout: float) -> bool:
+    """Whether a throw-away guest of `domain_type` prints its probe line; leaves no domain."""
     with tempfile.TemporaryDirectory(prefix="qubes-accel-") as tmp:
         log = os.path.join(tmp, "console.log")
         name = f"qubes-accel-probe-{os.getpid()}"
@@ -71,23 +76,22 @@ def probe(hv, vmlinuz: str, initramfs: str | None, timeout: float = PROBE_TIMEOU
                           memory_mb=256, maxmem_mb=256, vcpus=1, disks=(), console_log=log,
                           agent_socket=os.path.join(tmp, "agent"), kernel=vmlinuz,
                           initramfs=initramfs, cmdline="console=ttyS0 panic=-1 qubes.probe=1",
-                          accel="kvm")
+                          accel=domain_type)
         try:
             hv.start(spec)
         except QubesError:
             hv.undefine(name, PROBE_OWNER)
-            return "tcg"
+            return False
         try:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 stopped = hv.domain_states([name])[name].state in (
                     DomainState.HALTED, DomainState.PAUSED, DomainState.CRASHED)
                 if b"QUBES-PROBE-OK" in domain.read_log(log):
-                    return "kvm"
+                    return True
                 if stopped:
-                    break  # stopped or paused without a word: KVM cannot run it
+                    return False  # stopped or paused without a word: cannot run it
                 time.sleep(0.1)
-            return "tcg"
+            return False
         finally:
             hv.undefine(name, PROBE_OWNER)
-
