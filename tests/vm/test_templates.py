@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 
 def test_children_see_template_changes_only_after_the_commit(q, fresh):
@@ -60,3 +61,16 @@ def test_an_hvm_and_its_template_never_run_together(q, fresh):
     assert f"cannot start '{h}' while {th} is running".encode() in proc.stderr
     rows = {r["name"]: r["state"] for r in json.loads(q.out("qvm-ls", "--format", "json"))}
     assert (rows[th], rows[h]) == ("Running", "Halted")
+
+
+def test_a_child_sees_its_templates_current_root_size(q, fresh):
+    """B98: the per-start overlay takes the template's size now, not a stale one."""
+    tpl, child = fresh("t"), fresh("c")
+    q("qvm-template-build", "tiny", "--name", tpl)
+    q("qvm-create", "-l", "red", "-t", tpl, child)
+    q("qvm-start", child)
+    q("qvm-shutdown", "--wait", child)
+    os.truncate(q.base / "vm-templates" / tpl / "root.img", 2 << 30)
+    q("qvm-start", child)
+    sectors = int(q.out("qvm-run", "-p", child, "cat /sys/block/vda/size"))
+    assert sectors * 512 == 2 << 30

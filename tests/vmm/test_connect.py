@@ -43,3 +43,44 @@ def test_unreachable_hypervisor_is_a_clear_error(monkeypatch):
     hv = vmm.connect(offline=False, uri="qemu+unix:///system?socket=/nonexistent/sock")
     with pytest.raises(VMMError, match="cannot connect to the hypervisor at qemu"):
         hv.domain_states(["x"])
+
+
+class CountingConn:
+    """Wraps a libvirt connection; counts every call made on it."""
+
+    def __init__(self, conn):
+        self._conn = conn
+        self.calls = []
+
+    def __getattr__(self, attr):
+        target = getattr(self._conn, attr)
+        if not callable(target):
+            return target
+
+        def counted(*args, **kw):
+            self.calls.append(attr)
+            return target(*args, **kw)
+        return counted
+
+
+def test_states_of_300_vms_take_one_libvirt_call(monkeypatch):
+    """B76: the listing costs one call however many VMs there are."""
+    pytest.importorskip("libvirt")
+    hv = vmm.connect(offline=False, uri="test:///default")
+    conn = hv.conn
+    template = conn.lookupByName("test").XMLDesc(0)
+    import re
+    for i in range(300):
+        xml = re.sub(r"<uuid>.*</uuid>", "", template).replace("<name>test</name>",
+                                                                f"<name>vm{i}</name>")
+        dom = conn.defineXML(xml)
+        if i % 3 == 0:
+            dom.create()
+    counting = CountingConn(conn)
+    hv._conn = counting
+    states = hv.domain_states([f"vm{i}" for i in range(300)])
+    assert counting.calls == ["getAllDomainStats"]
+    assert sum(s.state is DomainState.RUNNING for s in states.values()) == 100
+    assert states["vm1"].state is DomainState.HALTED
+    hv._conn = conn
+    hv.close()

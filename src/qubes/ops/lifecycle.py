@@ -7,6 +7,8 @@ started with the VM runs it however the VM stops.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from qubes.vmm.base import DomainState
 READY = b"QUBES-READY"
 FAILED = b"QUBES-FAILED"
 POLL = 0.1
+MEMORY_OVERHEAD_MB = 64   # QEMU's own share beyond the guest's memory
 
 
 @dataclass
@@ -88,21 +91,43 @@ def start_dispvm(base_dir: str, host, hv, template: str, *, timeout: float | Non
         raise
 
 
-def _start_one(base_dir, host, hv, name, wait, timeout, result: StartResult) -> None:
-    with read_collection(base_dir, host) as app:
-        vm = app[name]
-        _check_startable(app, hv, vm)
-        accel = accelerator.choose(hv, vm)
-        nics = network.prepare(base_dir, hv, vm)
-        spec = domain.build_spec(vm, base_dir, accel, nics, network.guest_args(vm))
-        limit = timeout if timeout is not None else vm.qrexec_timeout
-        has_agent = vm.HAS_KERNEL
-    began = time.monotonic()
+@contextlib.contextmanager
+def _one_start_at_a_time(base_dir: str):
+    """Memory check and domain creation of two starts must not interleave (B87)."""
+    fd = os.open(os.path.join(base_dir, ".start.lock"), os.O_RDWR | os.O_CREAT, 0o660)
     try:
-        note = hv.start(spec)
-    except BaseException:
-        watch.after_stop(base_dir, host, hv, name)
-        raise
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _check_memory(hv, vm) -> None:
+    """Refuse before anything is defined when the host cannot hold the VM (B86, B87)."""
+    needed = int(vm.memory) + MEMORY_OVERHEAD_MB
+    free = hv.host_free_memory_mb()
+    if needed > free:
+        raise QubesError(f"not enough memory to start '{vm.name}': {needed} MiB needed "
+                         f"({MEMORY_OVERHEAD_MB} MiB of it for QEMU), {free} MiB available")
+
+
+def _start_one(base_dir, host, hv, name, wait, timeout, result: StartResult) -> None:
+    began = time.monotonic()
+    with _one_start_at_a_time(base_dir):
+        with read_collection(base_dir, host) as app:
+            vm = app[name]
+            _check_startable(app, hv, vm)
+            _check_memory(hv, vm)
+            accel = accelerator.choose(hv, vm)
+            nics = network.prepare(base_dir, hv, vm)
+            spec = domain.build_spec(vm, base_dir, accel, nics, network.guest_args(vm))
+            limit = timeout if timeout is not None else vm.qrexec_timeout
+            has_agent = vm.HAS_KERNEL
+        try:
+            note = hv.start(spec)
+        except BaseException:
+            watch.after_stop(base_dir, host, hv, name)
+            raise
     result.started.append(name)
     if note:
         result.notes.append(note)

@@ -58,28 +58,34 @@ class LibvirtHypervisor:
         return self._conn
 
     def domain_states(self, names: Iterable[str]) -> dict[str, DomainInfo]:
-        """One listing call; a domain that vanishes meanwhile counts as halted (B78)."""
+        """ONE libvirt call for every running domain's state, memory and CPU time (B76).
+
+        Domains not in the answer are halted; one that vanishes meanwhile is
+        simply absent from it (B78).
+        """
         wanted = set(names)
         result = {name: DomainInfo(DomainState.HALTED) for name in wanted}
-        conn = self.conn
-        error = self._libvirt.libvirtError
+        lv = self._libvirt_module()
+        stats = (lv.VIR_DOMAIN_STATS_STATE | lv.VIR_DOMAIN_STATS_CPU_TOTAL
+                 | lv.VIR_DOMAIN_STATS_BALLOON)
         try:
-            domains = conn.listAllDomains(0)
-        except error as exc:
+            answer = self.conn.getAllDomainStats(
+                stats, lv.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE)
+        except lv.libvirtError as exc:
             raise VMMError(f"listing domains failed: {exc.get_error_message()}") from None
-        for dom in domains:
-            try:
-                name = dom.name()
-                if name not in wanted or not dom.isActive():
-                    continue
-                state, _maxmem, mem, _ncpu, cputime = dom.info()
-                result[name] = DomainInfo(_STATE_MAP.get(state, DomainState.NA), dom.ID(),
-                                          mem, cputime)
-            except error as exc:
-                if exc.get_error_code() == self._libvirt.VIR_ERR_NO_DOMAIN:
-                    continue  # vanished since the listing (B78)
-                raise VMMError(f"reading domain state failed: {exc.get_error_message()}") from None
+        for dom, record in answer:
+            name = dom.name()  # name and id travel with the answer: no further calls
+            if name not in wanted:
+                continue
+            state = _STATE_MAP.get(record.get("state.state", 0), DomainState.NA)
+            memory = record.get("balloon.current") or record.get("balloon.maximum") or 0
+            result[name] = DomainInfo(state, dom.ID(), int(memory),
+                                      int(record.get("cpu.time", 0)))
         return result
+
+    def _libvirt_module(self):
+        self.conn  # noqa: B018  (connects and imports libvirt on first use)
+        return self._libvirt
 
     # --- actions -------------------------------------------------------------
 
