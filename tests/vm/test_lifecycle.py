@@ -1,7 +1,8 @@
-"""VM lifecycle on real VMs (issue 4; CASES.md B88, B89, B92, B94, B95)."""
+"""VM lifecycle on real VMs (issue 4; CASES.md B88, B89, B92, B94, B95, B108, B110, B111)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 
@@ -118,3 +119,27 @@ def test_a_missing_kernel_is_refused_before_anything_is_defined(q, fresh):
     defined = subprocess.run(["virsh", "-q", "-c", "qemu:///system", "list", "--all", "--name"],
                              capture_output=True, text=True).stdout.split()
     assert work not in defined
+
+
+def test_qvm_run_leaves_stdin_alone_and_stops_on_ctrl_c(q, fresh):
+    """B111: stdin is never read (output only); B110: SIGINT exits 130, no traceback."""
+    import signal
+    import time
+
+    from tests.conftest import BIN
+    work = fresh("work")
+    q("qvm-create", "-l", "red", "-t", "tiny", work)
+    q("qvm-start", work)
+    loop = subprocess.run(
+        ["sh", "-c", f"for i in 1 2 3; do read line && {BIN}/qvm-run -p {work} \"echo $line\"; "
+                     "done"], input=b"a\nb\nc\n", capture_output=True, env=dict(os.environ, **q.env))
+    assert loop.stdout == b"a\nb\nc\n"  # three iterations: qvm-run took none of the input
+    proc = subprocess.Popen([BIN / "qvm-run", "-p", work, "sleep 5"], env=dict(os.environ, **q.env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 130
+    assert err == b"ERROR: interrupted\n"
+    time.sleep(5)  # the guest finishes the command it was given, then answers again
+    assert q.out("qvm-run", "-p", work, "echo again") == "again\n"
