@@ -84,3 +84,40 @@ def test_states_of_300_vms_take_one_libvirt_call(monkeypatch):
     assert states["vm1"].state is DomainState.HALTED
     hv._conn = conn
     hv.close()
+
+
+class StaleActive:
+    """A domain proxy whose first isActive() answer is out of date: the guest powered off."""
+
+    def __init__(self, dom):
+        self._dom = dom
+        self._asked = False
+
+    def isActive(self):
+        if not self._asked:
+            self._asked = True
+            return True
+        return self._dom.isActive()
+
+    def __getattr__(self, attr):
+        return getattr(self._dom, attr)
+
+
+def test_undefine_copes_with_a_guest_that_powered_off_meanwhile():
+    """A probe guest may power off between isActive() and destroy(): still removed."""
+    pytest.importorskip("libvirt")
+    import re
+    hv = vmm.connect(offline=False, uri="test:///default")
+    conn = hv.conn
+    xml = re.sub(r"<uuid>.*</uuid>", "", conn.lookupByName("test").XMLDesc(0))
+    xml = xml.replace("<name>test</name>",
+                      "<name>gone</name><metadata><q:vm xmlns:q='%s' owner='me'/></metadata>"
+                      % vmm.domain_xml.NAMESPACE)
+    conn.defineXML(xml)  # defined, never started: destroy() would fail
+    real_lookup = conn.lookupByName
+    hv._conn = CountingConn(conn)
+    hv._conn.lookupByName = lambda name: StaleActive(real_lookup(name))
+    hv.undefine("gone", "me")
+    assert "gone" not in conn.listDefinedDomains()
+    hv._conn = conn
+    hv.close()

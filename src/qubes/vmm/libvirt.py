@@ -168,7 +168,12 @@ class LibvirtHypervisor:
             if domain_xml.owner_of(dom.XMLDesc(0)) != owner:
                 return
             if dom.isActive():
-                dom.destroy()
+                try:
+                    dom.destroy()
+                except self._libvirt.libvirtError:
+                    if dom.isActive():
+                        raise
+                    # it powered off by itself between the two calls
             dom.undefine()
         except self._libvirt.libvirtError as exc:
             if exc.get_error_code() != self._libvirt.VIR_ERR_NO_DOMAIN:
