@@ -1,6 +1,6 @@
 """Decode one item (decrypt, decompress) and extract its inner tar with our filter.
 
-The inner tar is parsed by `tarfile` in a worker thread fed through a
+The inner tar is parsed by our `tarreader` in a worker thread fed through a
 bounded pipe; members are checked before anything is written: expected
 names only, regular files and directories only, no `..`, no absolute
 names, no duplicates (CASES.md B41). Files are created with O_EXCL and
@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 import queue
 import re
-import tarfile
 import threading
 
 from qubes.backup import compress, crypto
 from qubes.backup.errors import BackupError, UnsafeArchiveError
+from qubes.backup.tarreader import TarFormatError, TarReader
 from qubes.util.atomicfile import describe_os_error
 from qubes.util.text import printable
 
@@ -102,6 +102,7 @@ class InnerExtractor:
         self._symlinks: set[str] = set()
         self._dirs: set[str] = set()
         self._regular: set[str] = set()
+        self._dir_times: list[tuple[str, int, int]] = []
         self.capture = capture
         self.capture_limit = capture_limit
         self.error: BaseException | None = None
@@ -127,16 +128,13 @@ class InnerExtractor:
 
     def _run(self) -> None:
         try:
-            # tarfile copies its whole buffer on every read: small for many small
-            # members (a home), large for a few big images.
-            bufsize = 1 << 14 if self.links else 1 << 20
-            with tarfile.open(fileobj=self._pipe, mode="r|", bufsize=bufsize) as tar:
-                seen = set()
-                for member in tar:
-                    self._member(tar, member, seen)
-                # drain the padding so the writer never blocks
-                while self._pipe.read(1 << 16):
-                    pass
+            reader = TarReader(self._pipe.read)
+            seen: set = set()
+            while (member := reader.next()) is not None:
+                self._member(reader, member, seen)
+            self._finish_dirs()
+            while self._pipe.read(1 << 16):  # drain the padding so the writer never blocks
+                pass
             if not self.files and self.capture is None and not self.links:
                 raise BackupError(f"item '{self.item_name}': the archive holds no file",
                                   self.item_name)
@@ -144,7 +142,7 @@ class InnerExtractor:
             pass
         except BackupError as exc:
             self.error = exc
-        except (tarfile.TarError, EOFError, ValueError) as exc:
+        except (TarFormatError, ValueError) as exc:
             self.error = BackupError(f"item '{self.item_name}': inner archive is damaged: "
                                      f"{printable(str(exc))}", self.item_name)
         except OSError as exc:
@@ -161,7 +159,7 @@ class InnerExtractor:
             except _Abort:
                 pass
 
-    def _member(self, tar, member, seen) -> None:
+    def _member(self, reader: TarReader, member, seen) -> None:
         if self.single and (member.name != self.item_name or seen or not member.isreg()):
             raise UnsafeArchiveError(f"item '{self.item_name}' may hold only the regular file "
                                      f"'{self.item_name}', not '{printable(member.name)}'",
@@ -180,7 +178,11 @@ class InnerExtractor:
         self._check_parents(rel, member.name)
         if member.isdir():
             if rel is not None and self.dest is not None:
-                os.makedirs(os.path.join(self.dest, rel), mode=0o755, exist_ok=True)
+                path = os.path.join(self.dest, rel)
+                os.makedirs(path, mode=0o755, exist_ok=True)
+                self._dirs.add(path)
+                if self.links:  # applied at the end: a read-only dir must take its files first
+                    self._dir_times.append((path, member.mode & 0o777, member.mtime))
             return
         if self.links and rel is not None and (member.issym() or member.islnk()):
             self._link(member, rel)
@@ -193,12 +195,12 @@ class InnerExtractor:
             if member.size > self.capture_limit:
                 raise BackupError(f"'{member.name}' is larger than {self.capture_limit} bytes",
                                   member.name)
-            self.capture[rel] = tar.extractfile(member).read()
+            self.capture[rel] = reader.read_data(member)
             return
         self.files.append(rel)
         self._regular.add(rel)
         path = None if self.dest is None else os.path.join(self.dest, rel)
-        self._copy(tar, member, path, member.mode & 0o777 if self.links else 0o644)
+        self._copy(reader, member, path, member.mode & 0o777 if self.links else 0o644)
 
     def _parent(self, path: str) -> None:
         parent = os.path.dirname(path)
@@ -231,30 +233,16 @@ class InnerExtractor:
             os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
             os.link(os.path.join(self.dest, target), path)
 
-    def _pieces(self, tar, member):
-        """(offset in the file, data) in stream order, reading the raw member data.
+    def _finish_dirs(self) -> None:
+        """Directory modes and times of a home, deepest first, once their files are in."""
+        for path, mode, mtime in reversed(self._dir_times):
+            os.chmod(path, mode)
+            os.utime(path, (mtime, mtime))
+        self._dir_times.clear()
 
-        The data of a sparse member is its data regions back to back; reading
-        them straight from the stream keeps the cost proportional to the data.
-        """
-        regions = member.sparse if member.sparse is not None else [(0, member.size)]
-        stream = tar.fileobj
-        stream.seek(member.offset_data)
-        for offset, length in regions:
-            if offset < 0 or length < 0 or offset + length > member.size:
-                raise UnsafeArchiveError(f"member '{member.name}': sparse map out of range",
-                                         member.name)
-            while length:
-                piece = stream.read(min(length, 1 << 20))
-                if not piece:
-                    raise BackupError(f"member '{member.name}' is truncated", member.name)
-                yield offset, piece
-                offset += len(piece)
-                length -= len(piece)
-
-    def _copy(self, tar, member, path: str | None, mode: int = 0o644) -> None:
+    def _copy(self, reader: TarReader, member, path: str | None, mode: int = 0o644) -> None:
         if path is None:
-            for _piece in self._pieces(tar, member):
+            for _piece in reader.pieces(member):
                 pass  # verify only: decode everything, write nothing
             return
         try:
@@ -265,10 +253,12 @@ class InnerExtractor:
                 from None
         try:
             end = 0
-            for offset, piece in self._pieces(tar, member):
-                end = _write_skipping_zeros(fd, piece, offset)
+            for offset, piece in reader.pieces(member):
+                end = _write_skipping_zeros(fd, piece, offset) or end
             if end < member.size:  # a hole at the end (or zeros left unwritten)
                 os.ftruncate(fd, member.size)
+            if self.links:  # a home keeps its files' times; images need none
+                os.utime(fd, (member.mtime, member.mtime))
         except OSError as exc:
             raise BackupError(f"cannot write {path}: {describe_os_error(exc)}", member.name) \
                 from None
