@@ -149,3 +149,18 @@ def test_damaged_store_offers_the_previous_version(base):
     err = proc.stderr.decode()
     assert proc.returncode == 1 and "Traceback" not in err
     assert "qubes.xml is damaged: line" in err and "qubes.xml.bak" in err
+
+
+def test_flushing_syncs_while_the_block_runs_and_stops_after(monkeypatch, tmp_path):
+    """A restore overlaps write-back with decoding; after the block no flush is left running."""
+    import threading
+    from qubes.util import atomicfile
+    flushed, calls = threading.Event(), []
+    monkeypatch.setattr(atomicfile, "sync_filesystem",
+                        lambda path: (calls.append(path), flushed.set()))
+    with atomicfile.flushing([str(tmp_path)], interval=0.01):
+        assert flushed.wait(10), "no flush while the block ran"
+    done = len(calls)
+    threading.Event().wait(0.05)
+    assert calls[0] == str(tmp_path) and len(calls) == done
+    assert not any(t.name == "flush" for t in threading.enumerate())

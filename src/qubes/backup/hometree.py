@@ -53,6 +53,7 @@ class HomeTree:
         entries: list[HomeEntry] = []
         size = os.lstat(self.directory).st_blocks * 512
         stack = [("", self.directory)]
+        check = os.geteuid() != 0  # root reads any file: one access() per entry saved
         while stack:
             rel_dir, dir_path = stack.pop()
             try:
@@ -69,10 +70,10 @@ class HomeTree:
                 if stat.S_ISLNK(st.st_mode):
                     target = os.readlink(child.path)
                 elif stat.S_ISDIR(st.st_mode):
-                    if not os.access(child.path, os.R_OK | os.X_OK):
+                    if check and not os.access(child.path, os.R_OK | os.X_OK):
                         _unreadable(child.path)
                     subdirs.append((rel + "/", child.path))
-                elif stat.S_ISREG(st.st_mode) and not os.access(child.path, os.R_OK):
+                elif check and stat.S_ISREG(st.st_mode) and not os.access(child.path, os.R_OK):
                     _unreadable(child.path)
                 entries.append(HomeEntry(rel, child.path, st, target))
             # Each directory comes before its contents, in name order.

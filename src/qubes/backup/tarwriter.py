@@ -94,28 +94,20 @@ def _pad(length: int) -> bytes:
     return b"\0" * (-length % BLOCK)
 
 
+_USTAR_TAIL = b"".join([b"ustar\x0000", b"\0" * 64, _octal(0, 8), _octal(0, 8), b"\0" * 167])
+_IDS = _octal(0, 8) * 2                   # uid, gid
+# The checksum is the sum of all header bytes with its own field read as spaces;
+# the fixed parts' share is summed once here (homes hold thousands of members).
+_FIXED_SUM = sum(_USTAR_TAIL) + sum(b" " * 8)
+
+
 def _ustar_block(name: bytes, typeflag: bytes, mode: int, size: int,
                  mtime: int, linkname: bytes = b"") -> bytes:
-    block = b"".join([
-        name.ljust(100, b"\0"),
-        _octal(mode & 0o7777, 8),
-        _octal(0, 8),                     # uid
-        _octal(0, 8),                     # gid
-        _octal(size, 12),
-        _octal(mtime, 12),
-        b" " * 8,                         # checksum, computed below
-        typeflag,
-        linkname.ljust(100, b"\0"),
-        b"ustar\x0000",
-        b"\0" * 32,                       # uname
-        b"\0" * 32,                       # gname
-        _octal(0, 8),                     # devmajor
-        _octal(0, 8),                     # devminor
-        b"\0" * 155,                      # prefix
-        b"\0" * 12,
-    ])
-    checksum = b"%06o\0 " % sum(block)
-    return block[:148] + checksum + block[156:]
+    head = b"".join([name.ljust(100, b"\0"), _octal(mode & 0o7777, 8), _IDS,
+                     _octal(size, 12), _octal(mtime, 12)])
+    link = typeflag + linkname.ljust(100, b"\0")
+    checksum = b"%06o\0 " % (_FIXED_SUM + sum(head) + sum(link))
+    return b"".join([head, checksum, link, _USTAR_TAIL])
 
 
 def _pax_record(key: str, value: bytes) -> bytes:

@@ -7,6 +7,7 @@ of a VM directory whose registration was not saved.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from qubes.backup.restore_run import (DataPass, adopt_globals, check_complete, d
 from qubes.errors import QubesError
 from qubes.ops.backup import kill_group
 from qubes.store.access import modify_collection, read_collection
-from qubes.util.atomicfile import sync_filesystem
+from qubes.util.atomicfile import flushing, sync_filesystem
 from qubes.util.text import decode_output
 
 STDERR_LIMIT = 4096
@@ -132,7 +133,10 @@ def execute(base_dir: str, host, run: RestoreRun, reporter: Reporter) -> Restore
     data = None
     try:
         data = DataPass(run.source, run.plans, staging, run.options, reporter)
-        data.run()
+        home = run.options.home
+        with contextlib.nullcontext() if staging is None else \
+                flushing([staging] + ([home.parent] if home else [])):
+            data.run()
         if not run.options.verify_only:
             sync_filesystem(staging)  # the data is on disk before any VM is registered
             if data.home_dir is not None:
