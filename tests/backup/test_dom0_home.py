@@ -3,6 +3,11 @@ from __future__ import annotations
 
 import getpass
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -124,3 +129,84 @@ def test_unreadable_file_is_named_before_anything_is_written(tmp_path, monkeypat
                         and real_access(p, m))
     with pytest.raises(QubesError, match=r"cannot read .*sub/secret.*nothing was written"):
         HomeTree(str(h), "user").size
+
+
+NOBODY = 65534
+AS_NOBODY = {
+    "setpriv": ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"],
+    "runuser": ["runuser", "-u", "nobody", "--"],
+}
+
+
+def _as_nobody_prefix(env) -> list[str]:
+    """A command prefix that runs our Python as uid/gid 65534, or a skip saying why not."""
+    if os.geteuid() != 0:
+        pytest.skip("B39 for real needs root to make a file of another owner and drop to nobody")
+    tried = []
+    for name, prefix in AS_NOBODY.items():
+        if shutil.which(prefix[0]) is None:
+            tried.append(f"{name}: not installed")
+            continue
+        probe = subprocess.run([*prefix, sys.executable, "-c",
+                                "import os, qubes.backup.hometree; print(os.getuid())"],
+                               capture_output=True, env=env, timeout=60)
+        if probe.returncode == 0 and probe.stdout.strip() == str(NOBODY).encode():
+            return prefix
+        tried.append(f"{name}: exit {probe.returncode} "
+                     f"{probe.stderr.decode(errors='replace').strip()[-200:]}")
+    pytest.skip("cannot run this project's Python as nobody (" + "; ".join(tried) + ")")
+
+
+@pytest.fixture
+def world_dir():
+    """A directory nobody can reach (pytest's tmp_path sits below a 0700 directory)."""
+    d = tempfile.mkdtemp(prefix="qubes-b39-")
+    os.chmod(d, 0o755)
+    closed = [str(p) for p in Path(d).parents if not os.stat(p).st_mode & 0o001]
+    if closed:
+        shutil.rmtree(d)
+        pytest.skip(f"the temporary directory is below {closed[0]}, which nobody cannot enter")
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_b39_real_unreadable_file_stops_qvm_backup_as_a_user(world_dir):
+    """B39 without simulation: `secret` is root's, mode 000, and qvm-backup runs as nobody."""
+    w = Path(world_dir)
+    home, out, qubes = w / "home", w / "out", w / "qubes"
+    (home / "sub").mkdir(parents=True)
+    (home / ".bashrc").write_text("fine\n")
+    (home / "sub" / "secret").write_text("only root\n")
+    out.mkdir()
+    (w / "pw").write_text("pw\n")
+    env = dict(os.environ, QUBES_BASE_DIR=str(qubes), QUBES_OFFLINE="1", HOME=str(home),
+               USER="nobody", LOGNAME="nobody")
+    prefix = _as_nobody_prefix(env)
+    for cmd in (["qvm-init-storage"], ["qvm-create", "--class", "TemplateVM", "-l", "black", "tpl"],
+                ["qvm-create", "-l", "blue", "work"]):
+        run(*cmd, env=env)
+    for root, dirs, files in os.walk(w):
+        for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+            os.lchown(name, NOBODY, NOBODY)
+    os.chown(w, 0, 0)
+    secret = home / "sub" / "secret"
+    os.chown(secret, 0, 0)
+    os.chmod(secret, 0)
+    backup = [*prefix, sys.executable, "-m", "qubes.tools.qvm_backup", "--dom0-home", "-y",
+              "--passphrase-file", str(w / "pw"), str(out), "work"]
+    before = {p: p.stat().st_mtime_ns for p in w.rglob("*")}
+    proc = subprocess.run(backup, capture_output=True, env=env, timeout=120)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1, (proc.stdout, err)
+    assert err.startswith("ERROR: ") and err.count("ERROR: ") == 1, err
+    assert str(secret) in err and "permission denied" in err, err
+    assert "nothing was written" in err
+    assert list(out.iterdir()) == []
+    assert {p: p.stat().st_mtime_ns for p in w.rglob("*")} == before, "something was written"
+    # the control: readable again, the same command as the same user succeeds
+    os.chmod(secret, 0o644)
+    proc = subprocess.run(backup, capture_output=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert len(list(out.iterdir())) == 1

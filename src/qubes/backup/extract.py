@@ -4,7 +4,10 @@ The inner tar is parsed by our `tarreader` in a worker thread fed through a
 bounded pipe; members are checked before anything is written: expected
 names only, regular files and directories only, no `..`, no absolute
 names, no duplicates (CASES.md B41). Files are created with O_EXCL and
-O_NOFOLLOW inside the destination, holes are kept as holes.
+O_NOFOLLOW inside the destination, holes are kept as holes. Every byte is
+claimed from the restore's `SpaceGuard` before it is written, so a restore
+stops a VM instead of filling the filesystem (B13); no image grows past the
+size the archive records for it (B23).
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ import threading
 
 from qubes.backup import compress, crypto
 from qubes.backup.errors import BackupError, UnsafeArchiveError
-from qubes.backup.tarreader import TarFormatError, TarReader
+from qubes.backup.space import BLOCK, SpaceGuard
+from qubes.backup.tarreader import TarFormatError, TarReader, TarSizeError
 from qubes.util.atomicfile import describe_os_error
 from qubes.util.text import printable
 
@@ -92,8 +96,10 @@ class InnerExtractor:
 
     def __init__(self, item_name: str, subdir: str, dest: str | None,
                  capture: dict | None = None, capture_limit: int = 0, links: bool = False,
-                 single: bool = False, max_entries: int = MAX_ENTRIES):
+                 single: bool = False, max_entries: int = MAX_ENTRIES,
+                 space: SpaceGuard | None = None):
         self.item_name = item_name
+        self.space = space          # None: nothing is claimed (verify only, captures)
         self.single = single        # the item is one file named like the item, nothing else
         self.max_entries = max_entries
         self.subdir = subdir
@@ -142,6 +148,9 @@ class InnerExtractor:
             pass
         except BackupError as exc:
             self.error = exc
+        except TarSizeError as exc:
+            self.error = beyond_recorded_size(self._inside(exc.name), exc.end, exc.size,
+                                              exc.name)
         except (TarFormatError, ValueError) as exc:
             self.error = BackupError(f"item '{self.item_name}': inner archive is damaged: "
                                      f"{printable(str(exc))}", self.item_name)
@@ -179,6 +188,7 @@ class InnerExtractor:
         if member.isdir():
             if rel is not None and self.dest is not None:
                 path = os.path.join(self.dest, rel)
+                self._claim(BLOCK, rel, BLOCK)
                 os.makedirs(path, mode=0o755, exist_ok=True)
                 self._dirs.add(path)
                 if self.links:  # applied at the end: a read-only dir must take its files first
@@ -200,11 +210,20 @@ class InnerExtractor:
         self.files.append(rel)
         self._regular.add(rel)
         path = None if self.dest is None else os.path.join(self.dest, rel)
-        self._copy(reader, member, path, member.mode & 0o777 if self.links else 0o644)
+        self._copy(reader, member, rel, path, member.mode & 0o777 if self.links else 0o644)
+
+    def _inside(self, name: str) -> str:
+        """A member's name without the item's subdir: 'private.img', not 'vm2/private.img'."""
+        return printable(name[len(self.subdir):] if name.startswith(self.subdir) else name)
+
+    def _claim(self, nbytes: int, rel: str, needed: int) -> None:
+        if self.space is not None:
+            self.space.claim(nbytes, f"'{printable(rel)}'", needed)
 
     def _parent(self, path: str) -> None:
         parent = os.path.dirname(path)
         if parent not in self._dirs:
+            self._claim(BLOCK, parent, BLOCK)
             os.makedirs(parent, mode=0o755, exist_ok=True)
             self._dirs.add(parent)
 
@@ -222,6 +241,7 @@ class InnerExtractor:
             self._symlinks.add(rel)
             if path is not None:
                 os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+                self._claim(BLOCK, rel, BLOCK)
                 os.symlink(member.linkname, path)  # the target verbatim (B37)
             return
         target = relative_path(member.linkname, self.subdir, self.item_name)
@@ -240,21 +260,37 @@ class InnerExtractor:
             os.utime(path, (mtime, mtime))
         self._dir_times.clear()
 
-    def _copy(self, reader: TarReader, member, path: str | None, mode: int = 0o644) -> None:
+    def _pieces(self, reader: TarReader, member, rel: str):
+        """The member's data; a piece past the member's size refuses it (B23).
+
+        The reader already refuses such sparse maps; this keeps the promise for
+        any reader: an image never grows past the size the archive records.
+        """
+        for offset, piece in reader.pieces(member):
+            if offset + len(piece) > member.size:
+                raise beyond_recorded_size(rel, offset + len(piece), member.size, member.name)
+            yield offset, piece
+
+    def _copy(self, reader: TarReader, member, rel: str, path: str | None,
+              mode: int = 0o644) -> None:
         if path is None:
-            for _piece in reader.pieces(member):
+            for _piece in self._pieces(reader, member, rel):
                 pass  # verify only: decode everything, write nothing
             return
         try:
             self._parent(path)
+            self._claim(BLOCK, rel, member.stored)  # its inode and directory entry
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         except OSError as exc:
             raise BackupError(f"cannot create {path}: {describe_os_error(exc)}", member.name) \
                 from None
         try:
             end = 0
-            for offset, piece in reader.pieces(member):
-                end = _write_skipping_zeros(fd, piece, offset) or end
+            left = member.stored  # data still to come, this piece included
+            for offset, piece in self._pieces(reader, member, rel):
+                end = _write_skipping_zeros(
+                    fd, piece, offset, lambda n, need=left: self._claim(n, rel, need)) or end
+                left -= len(piece)
             if end < member.size:  # a hole at the end (or zeros left unwritten)
                 os.ftruncate(fd, member.size)
             if self.links:  # a home keeps its files' times; images need none
@@ -266,14 +302,26 @@ class InnerExtractor:
             os.close(fd)
 
 
-def _write_skipping_zeros(fd: int, data: bytes, offset: int) -> int:
+def beyond_recorded_size(rel: str, end: int, size: int, member: str) -> BackupError:
+    return BackupError(f"'{printable(rel)}' holds data up to byte {end}, beyond its recorded "
+                       f"size of {size} bytes: the backup is damaged or was made to do harm; "
+                       "this VM is refused", member)
+
+
+def _write_skipping_zeros(fd: int, data: bytes, offset: int, claim=None) -> int:
     """Write `data` at `offset`, leaving all-zero blocks as holes in the fresh file.
 
+    `claim(n)` is called before each write of n bytes (it may raise to stop).
     Returns the end of what was actually written (0 if nothing was).
     """
+    def write(view, at: int) -> None:
+        if claim is not None:
+            claim(len(view))
+        os.pwrite(fd, view, at)
+
     if len(data) <= ZERO_BLOCK:  # small files: one write, no scanning
         if data != _ZEROS[:len(data)]:
-            os.pwrite(fd, data, offset)
+            write(data, offset)
             return offset + len(data)
         return 0
     view = memoryview(data)
@@ -282,12 +330,12 @@ def _write_skipping_zeros(fd: int, data: bytes, offset: int) -> int:
         block = data[start:start + ZERO_BLOCK]
         zero = block == _ZEROS[:len(block)]
         if zero and run_start is not None:
-            os.pwrite(fd, view[run_start:start], offset + run_start)
+            write(view[run_start:start], offset + run_start)
             end, run_start = offset + start, None
         elif not zero and run_start is None:
             run_start = start
     if run_start is not None:
-        os.pwrite(fd, view[run_start:], offset + run_start)
+        write(view[run_start:], offset + run_start)
         end = offset + len(view)
     return end
 

@@ -16,6 +16,7 @@ from typing import BinaryIO
 from qubes.backup import crypto
 from qubes.backup.errors import BackupError, WrongPassphraseError
 from qubes.backup.format import HEADER_MAX, HEADER_NAME, HMAC_FILE_MAX, hmac_name
+from qubes.backup.space import NoSpaceError, SpaceGuard
 from qubes.util.atomicfile import describe_os_error
 from qubes.util.text import printable
 
@@ -189,12 +190,18 @@ def _algorithm_order(untrusted_header: bytes) -> list[str]:
 
 
 class VerifiedChunk:
-    """A chunk spooled to a temporary file and authenticated against its .hmac."""
+    """A chunk spooled to a temporary file and authenticated against its .hmac.
+
+    With a `space` guard the spool claims its bytes first; when the guard
+    refuses, the data is dropped (`no_space` says why) and the chunk is still
+    authenticated, so only its item fails and the pass goes on (B13).
+    """
 
     def __init__(self, reader: OuterReader, member: Member, algorithm: str, key: bytes,
-                 tmpdir: str | None, keep: bool):
+                 tmpdir: str | None, keep: bool, space: SpaceGuard | None = None):
         self.name = member.name
         self.size = member.size
+        self.no_space: NoSpaceError | None = None
         if member.size > MAX_CHUNK:
             raise BackupError(f"archive member '{member.name}' is {member.size} bytes; chunks "
                               f"of more than {MAX_CHUNK} bytes are refused", member.name)
@@ -203,10 +210,12 @@ class VerifiedChunk:
         try:
             if keep:
                 self.file = tempfile.TemporaryFile(dir=tmpdir, prefix="qubes-restore-")
+            left = member.size
             for piece in reader.pieces(member):
                 mac.update(piece)
                 if self.file is not None:
-                    self.file.write(piece)
+                    self._spool(piece, space, left)
+                left -= len(piece)
             expected = read_hmac(reader, member.name)
         except OSError as exc:
             self.close()
@@ -225,6 +234,16 @@ class VerifiedChunk:
             self.close()
             raise
         self.authentic = crypto.digests_equal(mac.hexdigest(), expected)
+
+    def _spool(self, piece: bytes, space: SpaceGuard | None, left: int) -> None:
+        if space is not None:
+            try:
+                space.claim(len(piece), f"chunk '{self.name}'", left)
+            except NoSpaceError as exc:
+                self.no_space = exc
+                self.close()
+                return
+        self.file.write(piece)
 
     def data(self):
         self.file.seek(0)

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 from concurrent.futures import ThreadPoolExecutor
 import re
 import shutil
 import stat
+import tempfile
 import time
 
 from qubes.backup import compress, crypto
@@ -17,6 +19,7 @@ from qubes.backup.reader import VerifiedChunk
 from qubes.backup.report import Problem, Reporter
 from qubes.backup.plan import VMPlan, backed_up_vms
 from qubes.backup.restore import BackupSource, RestoreOptions, RestoreResult
+from qubes.backup.space import SpaceGuard
 from qubes.errors import QubesError
 from qubes.model.collection import GLOBAL_VM_REFS
 from qubes.util.atomicfile import describe_os_error
@@ -28,6 +31,9 @@ FILE_ITEMS = frozenset({"private.img", "root.img", "volatile.img", "icon.png", "
                         "whitelisted-appmenus.list"})
 DIR_ITEMS = frozenset({".", "kernels", "apps", "apps.templates"})
 _USER = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+_STAGING = re.compile(r"\.restore-\d{8}T\d{6}-(\d+)(?:-[a-z0-9_]+)?")
+_FRESH = 60          # seconds: an unlocked staging dir this young may be just being made
+_staging_locks: dict[str, int] = {}  # staging dir -> the fd holding its lock
 
 # Properties that describe where a VM lived or its backup, not the VM itself.
 NOT_COPIED = {"qid", "uuid", "name", "dir_path", "conf_file", "root_img", "private_img",
@@ -68,6 +74,18 @@ class DataPass:
         self.home_seen = False
         self._pending = None
         self._pool = None
+        self._guards: dict[int, SpaceGuard] = {}
+        # named after the target directory (the staging dir's name means nothing to users)
+        self.space = self._guard(os.path.dirname(staging)) if staging is not None else None
+        self.spool_space = self.space if staging is not None and (
+            options.tmpdir is None or _same_fs(options.tmpdir, staging)) else None
+
+    def _guard(self, path: str) -> SpaceGuard:
+        """One space account per filesystem: staging, spool and home may share one (B13)."""
+        dev = os.stat(path).st_dev
+        if dev not in self._guards:
+            self._guards[dev] = SpaceGuard(path)
+        return self._guards[dev]
 
     def problem(self, stage: str, cause: str, vm=None, member=None) -> None:
         p = Problem(stage, cause, vm, member)
@@ -103,6 +121,7 @@ class DataPass:
                     self.item.plan.failed = str(exc)
                 if self.item.extractor is not None:
                     self.item.extractor.abort()
+                self._discard_partial(self.item)
         except BaseException:
             if self.item is not None and self.item.extractor is not None:
                 self.item.extractor.abort()  # interrupted: stop the worker, do not finish
@@ -148,20 +167,31 @@ class DataPass:
         self.reporter.progress(min(self.done, self.total), self.total)
         keep = item.decoder is not None and not item.failed
         chunk = VerifiedChunk(self.source.reader, member, self.source.hmac_algorithm,
-                              self.source.passphrase, self.options.tmpdir or self.staging, keep)
+                              self.source.passphrase, self.options.tmpdir or self.staging, keep,
+                              space=self.spool_space)
         try:
             self._wait()
         except BaseException:
             chunk.close()
             raise
+        self._stopped_extractor(item)
         if not chunk.authentic:
             chunk.close()
             self._fail_item(item, "authenticate", f"member '{member.name}': HMAC "
                             "verification failed (corrupted or modified chunk)", member.name)
+        elif chunk.no_space is not None:
+            self._fail_item(item, "retrieve", str(chunk.no_space), member.name)
         elif keep and not item.failed:
             self._pending = self._pool.submit(self._decode_and_close, item, chunk)
         else:
             chunk.close()
+
+    def _stopped_extractor(self, item: _OpenItem) -> None:
+        """An extractor that gave up (out of space, a refused member) fails its item now,
+        not after the rest of the item has been read: its partial data goes at once."""
+        error = item.extractor.error if item.extractor is not None else None
+        if error is not None and not item.failed:
+            self._fail_item(item, item.decoder.stage, _damaged(error))
 
     def _decode_and_close(self, item: _OpenItem, chunk: VerifiedChunk) -> None:
         try:
@@ -192,8 +222,11 @@ class DataPass:
             decoder = extractor and self.source.decoder(extractor)
         elif plan is not None:
             subdir = plan.path + "/"
-            dest = None if self.staging is None else os.path.join(self.staging, plan.name)
-            extractor = InnerExtractor(base, subdir, dest, single=kind in FILE_ITEMS)
+            # a VM that failed already is decoded and checked, but no longer written
+            dest = None if self.staging is None or plan.failed else \
+                os.path.join(self.staging, plan.name)
+            extractor = InnerExtractor(base, subdir, dest, single=kind in FILE_ITEMS,
+                                       space=self.space if dest is not None else None)
             decoder = self.source.decoder(extractor)
             plan.items.append(base[len(subdir):])
         self.item = _OpenItem(base, vm_name, plan, decoder, extractor)
@@ -215,13 +248,14 @@ class DataPass:
                          f"you are '{home.user}'; use --ignore-username-mismatch to restore it",
                          "dom0", item_name)
             return None
-        dest = None
+        dest = space = None
         if not self.verify_only:
             self.home_dir = _new_dir(home.parent,
                                      f"home-restore-{time.strftime('%Y-%m-%dT%H%M%S')}")
             dest = os.path.join(self.home_dir, "dom0-home")
+            space = self._guard(self.home_dir)
         return InnerExtractor(item_name, DOM0_HOME_PREFIX, dest, links=True,
-                              max_entries=1_000_000)
+                              max_entries=1_000_000, space=space)
 
     def _decode(self, item: _OpenItem, chunk: VerifiedChunk) -> None:
         try:
@@ -239,8 +273,15 @@ class DataPass:
                 item.plan.failed = item.plan.failed or cause
             if item.extractor is not None:
                 item.extractor.abort()
-            if item.vm_name == "dom0":
-                self.discard_home()
+            self._discard_partial(item)
+
+    def _discard_partial(self, item: _OpenItem) -> None:
+        """A failed VM's partial data is removed at once (its extractor has stopped), so
+        its space is free for the VMs after it (B13); the other VMs are not touched."""
+        if item.vm_name == "dom0":
+            self.discard_home()
+        elif item.plan is not None and self.staging is not None:
+            shutil.rmtree(os.path.join(self.staging, item.plan.name), ignore_errors=True)
 
     def discard_home(self) -> None:
         """A home restored only in part is removed: it is a new directory, nothing is lost."""
@@ -264,8 +305,7 @@ class DataPass:
             self.problem(item.decoder.stage, _damaged(exc), item.vm_name, item.name)
             if item.plan is not None:
                 item.plan.failed = item.plan.failed or str(exc)
-            if item.vm_name == "dom0":
-                self.discard_home()
+            self._discard_partial(item)
 
 
 def _damaged(exc: Exception) -> str:
@@ -311,19 +351,72 @@ def check_complete(plans: list[VMPlan], pass_: DataPass) -> None:
 
 
 def staging_dir(base_dir: str, reporter: Reporter) -> str:
-    """A fresh staging directory in the target; leftovers of killed runs are removed (B13)."""
+    """A new staging directory in the target, locked (flock) until `discard`.
+
+    Leftovers of killed runs are removed first and never reused or merged
+    (B13): a leftover is a staging directory whose lock nobody holds. The pid
+    in the name is not trusted for that (after a reboot it may be anybody's);
+    it only spares a directory that its live restore has made but not yet locked.
+    """
     for entry in os.scandir(base_dir) if os.path.isdir(base_dir) else ():
-        match = re.fullmatch(r"\.restore-\d{8}T\d{6}-(\d+)", entry.name)
-        if match and not _alive(int(match.group(1))):
+        match = _STAGING.fullmatch(entry.name)
+        if match and _abandoned(entry.path, int(match.group(1))):
             shutil.rmtree(entry.path, ignore_errors=True)
             reporter.warning(f"removed {entry.path}, left by an interrupted restore")
-    path = os.path.join(base_dir, f".restore-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    prefix = f".restore-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-"
+    path = fd = None
     try:
-        os.makedirs(path, mode=0o700)
+        os.makedirs(base_dir, exist_ok=True)
+        path = tempfile.mkdtemp(prefix=prefix, dir=base_dir)  # always a new directory
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        _try_lock(fd)
     except OSError as exc:
-        raise QubesError(f"cannot create the staging directory {path}: "
+        if fd is not None:
+            os.close(fd)
+        if path is not None:
+            os.rmdir(path)
+        raise QubesError(f"cannot create a staging directory in {base_dir}: "
                          f"{describe_os_error(exc)}") from None
+    _staging_locks[path] = fd
     return path
+
+
+def _abandoned(path: str, pid: int) -> bool:
+    """True for a staging directory no running restore holds."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False  # gone, or not a directory of ours: leave it alone
+    try:
+        try:
+            if not _try_lock(fd):
+                return not _alive(pid)  # no locks on this filesystem: the pid is all we have
+        except BlockingIOError:
+            return False  # locked: its restore is running
+        young = time.time() - os.fstat(fd).st_mtime < _FRESH
+        return not (young and _alive(pid))
+    finally:
+        os.close(fd)
+
+
+def _try_lock(fd: int) -> bool:
+    """flock without waiting; False where the filesystem has no locks (some FUSE)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+            return False
+        raise
+    return True
+
+
+def _same_fs(a: str, b: str) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False
 
 
 def _new_dir(parent: str, name: str) -> str:
@@ -457,5 +550,9 @@ def _create(app, plan: VMPlan, reporter: Reporter):
 
 
 def discard(path: str | None) -> None:
+    """Remove a staging directory (and give up its lock)."""
     if path:
         shutil.rmtree(path, ignore_errors=True)
+        fd = _staging_locks.pop(path, None)
+        if fd is not None:
+            os.close(fd)

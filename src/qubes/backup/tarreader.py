@@ -36,6 +36,16 @@ class TarTruncatedError(TarFormatError):
     """The stream ended inside a header or a member's data."""
 
 
+class TarSizeError(TarFormatError):
+    """A sparse map puts data past the size the member records for its file."""
+
+    def __init__(self, end: int, size: int, name: str = ""):
+        super().__init__(f"sparse map puts data up to byte {end} in a file of {size} bytes")
+        self.end = end
+        self.size = size
+        self.name = name
+
+
 @dataclass(slots=True)
 class TarMember:
     name: str                 # decoded as UTF-8, undecodable bytes kept as surrogates
@@ -125,8 +135,10 @@ def _checked_regions(regions: list[tuple[int, int]], size: int) -> list[tuple[in
     end = 0
     kept = []
     for offset, length in regions:
-        if offset < end or offset + length > size:
-            raise TarFormatError("sparse map out of order or outside the file")
+        if offset < end:
+            raise TarFormatError("sparse map out of order")
+        if offset + length > size:
+            raise TarSizeError(offset + length, size)
         if length:
             kept.append((offset, length))
             end = offset + length
@@ -266,10 +278,14 @@ class TarReader:
             mtime = 0 if whole.startswith(b"-") else _decimal(whole or b"0", "mtime")
         member = TarMember(_text(name), kind, _number(block[100:108], "mode") & 0o7777,
                            mtime, size, _text(link), None, size)
-        if kind == "S":
-            self._gnu_sparse(member, block)
-        elif "GNU.sparse.major" in pax or "GNU.sparse.map" in pax:
-            self._pax_sparse(member, pax)
+        try:
+            if kind == "S":
+                self._gnu_sparse(member, block)
+            elif "GNU.sparse.major" in pax or "GNU.sparse.map" in pax:
+                self._pax_sparse(member, pax)
+        except TarSizeError as exc:
+            exc.name = member.name
+            raise
         if kind in ("7", "\0"):
             member.type = REGULAR
         if member.type in (DIRECTORY, SYMLINK, HARDLINK) and size:
