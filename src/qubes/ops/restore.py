@@ -12,6 +12,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 
+from qubes.backup import space
 from qubes.backup.report import Reporter
 from qubes.backup.plan import VMPlan, make_plan
 from qubes.backup.restore import BackupSource, RestoreOptions, RestoreResult
@@ -69,6 +70,7 @@ class CommandSource:
                                       stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                       start_new_session=True)
         self.stream = self._proc.stdout
+        self._stderr: str | None = None
 
     def check(self) -> None:
         """A command that failed is reported with its exit status and its stderr."""
@@ -77,7 +79,9 @@ class CommandSource:
             raise self._failure(code)
 
     def _failure(self, code: int) -> QubesError:
-        err = decode_output(self._proc.stderr.read(STDERR_LIMIT))
+        if self._stderr is None:  # read once: check() and close() may both report
+            self._stderr = decode_output(self._proc.stderr.read(STDERR_LIMIT))
+        err = self._stderr
         return QubesError(f"the source {self.label} failed with exit status {code}"
                           + (f": {err}" if err else ""))
 
@@ -119,11 +123,11 @@ def open_backup(base_dir: str, host, origin, options: RestoreOptions, warn=None)
 def check_space(base_dir: str, plans: list[VMPlan]) -> None:
     """Refuse before writing anything when the VMs cannot fit (B14)."""
     needed = sum(p.vm.backup_size for p in plans if not p.skip)
-    st = os.statvfs(base_dir)
-    free = st.f_bavail * st.f_frsize
-    if needed > free:
+    free, fs_size = space.free_space(base_dir)
+    reserve = space.space_reserve(fs_size)  # the data pass keeps it free too (B13)
+    if needed + reserve > free:
         raise QubesError(f"not enough space in {base_dir} to restore: {needed} bytes needed, "
-                         f"{free} bytes available")
+                         f"{free} bytes available, {reserve} of them kept free")
 
 
 def execute(base_dir: str, host, run: RestoreRun, reporter: Reporter) -> RestoreResult:
