@@ -7,8 +7,12 @@ notes what it removed on the exception.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import re
 import select
+import stat
 import subprocess
 import sys
 import time
@@ -40,11 +44,21 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 
 class FileDestination:
-    """A backup file, written under a temporary name and renamed when complete."""
+    """A backup file, written under a temporary name and renamed when complete.
+
+    The partial file is flock'ed while it is written. A partial file that a
+    killed run (`kill -9`) left in the same place is removed when the next
+    backup there opens its own (B57): one whose lock nobody holds and whose pid
+    is not running. Where the filesystem has no locks, nothing is removed.
+    """
 
     def __init__(self, location: str):
+        stem = re.escape(os.path.basename(location))
         if os.path.isdir(location):
             location = os.path.join(location, time.strftime("qubes-%Y-%m-%dT%H%M%S"))
+            stem = r"qubes-\d{4}-\d\d-\d\dT\d{6}"
+        self._stale = re.compile(stem + r"\.partial-(\d+)")
+        self.removed_stale: list[str] = []
         parent = os.path.dirname(os.path.abspath(location))
         if not os.path.isdir(parent):
             raise QubesError(f"cannot write the backup to {location}: {parent} is not a directory")
@@ -65,10 +79,28 @@ class FileDestination:
     def open(self) -> BinaryIO:
         try:
             self._file = open(self.partial, "xb")
+            _try_lock(self._file.fileno())
         except OSError as exc:
             raise QubesError(f"cannot write the backup to {self.path}: "
                              f"{describe_os_error(exc)}") from None
+        self._remove_stale()
         return self._file
+
+    def _remove_stale(self) -> None:
+        parent = os.path.dirname(os.path.abspath(self.path))
+        try:
+            entries = list(os.scandir(parent))
+        except OSError:
+            return
+        for entry in entries:
+            match = self._stale.fullmatch(entry.name)
+            if match and entry.path != os.path.abspath(self.partial) and \
+                    _abandoned(entry.path, int(match.group(1))):
+                try:
+                    os.unlink(entry.path)
+                except OSError:
+                    continue
+                self.removed_stale.append(entry.path)
 
     def commit(self, written: int) -> None:
         """Make the file final, after checking it holds every byte written (B58)."""
@@ -92,6 +124,41 @@ class FileDestination:
             os.unlink(self.partial)
             return f"the partial backup {self.partial}"
         return None
+
+
+def _try_lock(fd: int) -> bool:
+    """flock without waiting; False where the filesystem has no locks."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+            return False
+        raise
+    return True
+
+
+def _abandoned(path: str, pid: int) -> bool:
+    """True for a partial backup file that no running backup writes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or not _try_lock(fd):
+            return False  # not a plain file, or no locks here: leave it alone
+    except BlockingIOError:
+        return False  # locked: its backup is running
+    finally:
+        os.close(fd)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return False  # its pid lives: perhaps a backup that has not locked its file yet
 
 
 class StreamDestination:
@@ -218,8 +285,12 @@ def check_space(destination, plan: BackupPlan) -> None:
 
 
 def run_backup(base_dir: str, host, hypervisor, request: BackupRequest, destination,
-               reporter: Reporter) -> BackupPlan:
-    """Mark and select under the write lock, write outside it, then stamp backup_timestamp."""
+               reporter: Reporter) -> tuple[BackupPlan, int]:
+    """Mark and select under the write lock, write outside it, then stamp backup_timestamp.
+
+    Returns the plan and the bytes handed to the destination: a command cannot
+    be checked for what it kept, so the user is told the count to compare (B58).
+    """
     hide = request.options.encrypted
     with modify_collection(base_dir, host) as app:
         plan = make_plan(app, list(request.vms), list(request.exclude), hide, request.home)
@@ -242,4 +313,4 @@ def run_backup(base_dir: str, host, hypervisor, request: BackupRequest, destinat
         for name in plan.vms:
             if app.get(name) is not None:
                 app[name].backup_timestamp = now
-    return plan
+    return plan, written

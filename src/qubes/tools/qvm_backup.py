@@ -131,11 +131,15 @@ def handle(ctx) -> int:
                             _options(args, passphrase, destination), home)
     reporter = ProgressReporter(args.progress)
     try:
-        run_backup(ctx.base_dir, ctx.host, ctx.hypervisor, request, destination, reporter)
+        _plan, written = run_backup(ctx.base_dir, ctx.host, ctx.hypervisor, request,
+                                    destination, reporter)
     finally:
         reporter.finish(ok=sys.exc_info()[0] is None)
+        for path in getattr(destination, "removed_stale", ()):
+            ctx.warn(f"removed {path}, left by a backup that was killed")
     if not args.quiet:
-        print(f"-> Backup completed: {destination.label}.", file=info)
+        print(f"-> Backup completed: {written} bytes written to {destination.label}.",
+              file=info)
     return 0
 
 
