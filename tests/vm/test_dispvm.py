@@ -1,10 +1,13 @@
-"""DisposableVMs on real VMs (issue 4 §7; CASES.md B99, B100, B103)."""
+"""DisposableVMs on real VMs (issue 4 §7; CASES.md B93, B99, B100, B103)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
+
+from tests.conftest import BIN
 
 
 def names(q) -> set[str]:
@@ -26,14 +29,25 @@ def gone(q, name: str) -> bool:
             and name not in defined_domains())
 
 
-def test_a_dispvm_leaves_no_trace_after_it_stops(q):
-    disp = start_dispvm(q)
-    assert disp in names(q)
-    assert (q.base / "appvms" / disp / "private.img").is_file()
-    assert q.out("qvm-run", "-p", disp, "echo scratch > /rw/home/x; cat /rw/home/x") \
+def test_two_dispvms_at_once_get_their_own_names_and_leave_no_trace(q):
+    """B93: started together, then shut down together with --wait: exit 0, both gone."""
+    starts = [subprocess.Popen([BIN / "qvm-start", "--dispvm", "tiny"],
+                               env=dict(os.environ, **q.env), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE) for _ in range(2)]
+    disps = []
+    for proc in starts:
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+        disps.append(re.match(rb"(disp[0-9]+): started", out).group(1).decode())
+    assert disps[0] != disps[1]
+    for disp in disps:
+        assert disp in names(q)
+        assert (q.base / "appvms" / disp / "private.img").is_file()
+    assert q.out("qvm-run", "-p", disps[0], "echo scratch > /rw/home/x; cat /rw/home/x") \
         == "scratch\n"
-    q("qvm-shutdown", "--wait", disp)  # B93: exit 0 though the VM is gone afterwards
-    assert gone(q, disp)
+    proc = q("qvm-shutdown", "--wait", *disps)  # exit 0 though they are gone afterwards
+    assert proc.stderr == b""
+    assert gone(q, disps[0]) and gone(q, disps[1])
 
 
 def test_a_dispvm_that_powers_itself_off_is_removed_by_the_watcher(q):

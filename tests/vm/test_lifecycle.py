@@ -1,9 +1,12 @@
-"""VM lifecycle on real VMs (issue 4; CASES.md B88, B89, B92, B94, B95, B108, B110, B111)."""
+"""VM lifecycle on real VMs (issue 4; CASES.md B87, B88, B89, B91, B92, B94, B95, B108-B111,
+B115)."""
 from __future__ import annotations
 
 import json
 import os
 import subprocess
+
+from tests.vm.conftest import URI
 
 
 def state(q, name: str) -> str:
@@ -11,18 +14,54 @@ def state(q, name: str) -> str:
     return next(r["state"] for r in rows if r["name"] == name)
 
 
+def libvirt_memory_mib(name: str) -> int:
+    out = subprocess.run(["virsh", "-q", "-c", URI, "domstats", "--balloon", name],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.split("balloon.current=")[1].split()[0]) // 1024
+
+
+class Counting:
+    """A libvirt connection that records the name of every call made on it."""
+
+    def __init__(self, conn):
+        self.conn, self.calls = conn, []
+
+    def __getattr__(self, attr):
+        self.calls.append(attr)
+        return getattr(self.conn, attr)
+
+
 def test_appvm_boots_to_its_ready_line_and_shows_running(q, fresh):
     work = fresh("work")
     q("qvm-create", "-l", "red", work)
+    q("qvm-prefs", "-s", work, "memory", "320")
     out = q.out("qvm-start", work)
     assert "ready after" in out
     log = (q.base / "appvms" / work / "console.log").read_bytes()
     assert f"QUBES-READY {work}".encode() in log
     assert state(q, work) == "Running"
     assert q("qvm-check", "--running", work).returncode == 0
+    # B115: configured and current memory, the current figure as libvirt reports it.
+    assert libvirt_memory_mib(work) == 320
+    assert q.out("qvm-ls", "--raw-data", "--fields", "name,memory,mem", work) \
+        == f"{work}|320|320\n"
+    # B86/B87: what a start may count on is total minus what running guests are assigned,
+    # for all of them at once in one listing (plus one call for the host's total).
+    from qubes import vmm
+    hv = vmm.connect(offline=False, uri=URI)
+    counting = hv._conn = Counting(hv.conn)
+    memory = hv.host_memory()
+    assert sorted(counting.calls) == ["getAllDomainStats", "getInfo"]
+    assert memory.assigned_mb >= 320 and memory.domains >= 1
+    assert memory.total_mb == hv.host_memory_mb()
+    hv._conn = counting.conn
+    hv.close()
     q("qvm-shutdown", "--wait", work)
     assert state(q, work) == "Halted"
     assert q("qvm-check", "--running", work, check=False).returncode == 1
+    assert q.out("qvm-ls", "--raw-data", "--fields", "name,memory,mem", work) == f"{work}|320|\n"
+    proc = q("qvm-shutdown", work)  # already off: done (R4 behaves the same)
+    assert (proc.returncode, proc.stderr) == (0, b"")
 
 
 def test_private_survives_a_restart_and_root_does_not(q, fresh):
@@ -46,6 +85,10 @@ def test_qvm_run_passes_the_exit_code_and_refuses_a_halted_vm(q, fresh):
     q("qvm-run", "-a", work, "true")  # -a starts it (B108)
     proc = q("qvm-run", "-p", work, "echo out; echo err >&2; exit 33", check=False)
     assert proc.returncode == 33 and proc.stdout == b"out\nerr\n"
+    # B109: no "command failed with code" of our own, with or without -q.
+    for argv in (["-q", "-p"], ["-p"], ["-q"]):
+        proc = q("qvm-run", *argv, work, "exit 33", check=False)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (33, b"", b""), argv
 
 
 def test_pause_blocks_shutdown_and_kill_stops_at_once(q, fresh):
@@ -122,7 +165,10 @@ def test_a_missing_kernel_is_refused_before_anything_is_defined(q, fresh):
 
 
 def test_qvm_run_leaves_stdin_alone_and_stops_on_ctrl_c(q, fresh):
-    """B111: stdin is never read (output only); B110: SIGINT exits 130, no traceback."""
+    """B111: stdin is never read (output only); B110: SIGINT exits 130, SIGTERM 143.
+
+    The command already sent runs to its end in the guest; the guest then answers again.
+    """
     import signal
     import time
 
@@ -134,12 +180,34 @@ def test_qvm_run_leaves_stdin_alone_and_stops_on_ctrl_c(q, fresh):
         ["sh", "-c", f"for i in 1 2 3; do read line && {BIN}/qvm-run -p {work} \"echo $line\"; "
                      "done"], input=b"a\nb\nc\n", capture_output=True, env=dict(os.environ, **q.env))
     assert loop.stdout == b"a\nb\nc\n"  # three iterations: qvm-run took none of the input
-    proc = subprocess.Popen([BIN / "qvm-run", "-p", work, "sleep 5"], env=dict(os.environ, **q.env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(1)
-    proc.send_signal(signal.SIGINT)
-    _out, err = proc.communicate(timeout=10)
-    assert proc.returncode == 130
-    assert err == b"ERROR: interrupted\n"
-    time.sleep(5)  # the guest finishes the command it was given, then answers again
-    assert q.out("qvm-run", "-p", work, "echo again") == "again\n"
+    for signum, code, message in ((signal.SIGINT, 130, b"ERROR: interrupted\n"),
+                                  (signal.SIGTERM, 143, b"ERROR: terminated\n")):
+        proc = subprocess.Popen([BIN / "qvm-run", "-p", work, "sleep 3"],
+                                env=dict(os.environ, **q.env),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(1)
+        proc.send_signal(signum)
+        _out, err = proc.communicate(timeout=10)
+        assert (proc.returncode, err) == (code, message)
+    # Queued behind the two sleeps the guest still finishes, then answered.
+    assert q.out("qvm-run", "-p", "--timeout", "30", work, "echo again") == "again\n"
+
+
+def test_an_hvm_without_netvm_starts_without_an_interface(q, fresh):
+    """B91: no <interface> in the domain; qvm-ls shows no address."""
+    hvm = fresh("hvm")
+    q("qvm-create", "--class", "HVM", "-l", "green", hvm)
+    q("qvm-prefs", "-s", hvm, "netvm", "none")
+    q("qvm-prefs", "-s", hvm, "memory", "128")
+    q("qvm-start", hvm)  # no OS on the disk: the firmware keeps it running, which is enough
+    assert state(q, hvm) == "Running"
+    xml = subprocess.run(["virsh", "-q", "-c", URI, "dumpxml", hvm], capture_output=True,
+                         text=True, check=True).stdout
+    assert "<interface" not in xml
+    iflist = subprocess.run(["virsh", "-q", "-c", URI, "domiflist", hvm], capture_output=True,
+                            text=True, check=True).stdout
+    assert iflist.strip() == ""
+    row = next(r for r in json.loads(q.out("qvm-ls", "--format", "json")) if r["name"] == hvm)
+    assert (row["netvm"], row["ip"], row["gateway"]) == (None, None, None)
+    assert q.out("qvm-ls", "--raw-data", "--fields", "name,ip", hvm) == f"{hvm}|\n"
+    q("qvm-kill", hvm)

@@ -54,6 +54,31 @@ def test_a_netvm_with_running_clients_is_shut_down_only_after_them(q, fresh):
     assert states[net] == states[app] == "Halted"
 
 
+def states(q) -> dict[str, str]:
+    return {r["name"]: r["state"] for r in json.loads(q.out("qvm-ls", "--format", "json"))}
+
+
+def test_shutdown_all_exclude_and_force_with_a_netvm_and_its_clients(q, fresh):
+    """B104: --exclude keeps VMs up, --force takes a netvm from under its client,
+    --all --wait shuts down clients before netvms and never refuses."""
+    net = netvm(q, fresh)
+    c1, c2 = client(q, fresh, net), client(q, fresh, net)
+    q("qvm-start", c1)  # starts net first
+    q("qvm-start", c2)
+    q("qvm-shutdown", "--all", "--wait", "--exclude", net, "--exclude", c2)
+    now = states(q)
+    assert (now[c1], now[net], now[c2]) == ("Halted", "Running", "Running")
+    proc = q("qvm-shutdown", "--wait", "--force", net)
+    assert proc.stderr == b""
+    now = states(q)
+    assert (now[net], now[c2]) == ("Halted", "Running")
+    q("qvm-start", net)
+    proc = q("qvm-shutdown", "--all", "--wait")
+    assert b"running clients" not in proc.stderr and b"killing" not in proc.stderr
+    now = states(q)
+    assert (now[net], now[c1], now[c2]) == ("Halted",) * 3
+
+
 def test_changing_the_netvm_of_a_running_vm_moves_it(q, fresh):
     """B107: the VM keeps running and reaches the new netvm; B106: the old one may be down."""
     net1, net2 = netvm(q, fresh, "na"), netvm(q, fresh, "nb")

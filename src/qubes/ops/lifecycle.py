@@ -7,15 +7,13 @@ started with the VM runs it however the VM stops.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import time
 from dataclasses import dataclass, field
 
 from qubes.errors import QubesError
 from qubes.ops import accel as accelerator
-from qubes.ops import dispvm, domain, network, watch
+from qubes.ops import dispvm, domain, network, templates, watch
 from qubes.store.access import read_collection
 from qubes.vmm.base import DomainState
 
@@ -91,42 +89,42 @@ def start_dispvm(base_dir: str, host, hv, template: str, *, timeout: float | Non
         raise
 
 
-@contextlib.contextmanager
-def _one_start_at_a_time(base_dir: str):
-    """Memory check and domain creation of two starts must not interleave (B87)."""
-    fd = os.open(os.path.join(base_dir, ".start.lock"), os.O_RDWR | os.O_CREAT, 0o660)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def _check_memory(hv, vm) -> None:
-    """Refuse before anything is defined when the host cannot hold the VM (B86, B87)."""
+    """Refuse before anything is defined when the host cannot hold the VM (B86, B87).
+
+    Available = host RAM minus what running domains are assigned, QEMU's share
+    included. Not the host's free memory: QEMU allocates guest memory lazily,
+    so idle guests look as if their memory were free.
+    """
     needed = int(vm.memory) + MEMORY_OVERHEAD_MB
-    free = hv.host_free_memory_mb()
-    if needed > free:
+    memory = hv.host_memory()
+    available = max(0, memory.total_mb - memory.assigned_mb
+                    - memory.domains * MEMORY_OVERHEAD_MB)
+    if needed > available:
         raise QubesError(f"not enough memory to start '{vm.name}': {needed} MiB needed "
-                         f"({MEMORY_OVERHEAD_MB} MiB of it for QEMU), {free} MiB available")
+                         f"({MEMORY_OVERHEAD_MB} MiB of it for QEMU), {available} MiB available")
 
 
 def _start_one(base_dir, host, hv, name, wait, timeout, result: StartResult) -> None:
     began = time.monotonic()
-    with _one_start_at_a_time(base_dir):
+    with watch.run_lock(base_dir):  # memory check to create; never during a clean-up
         with read_collection(base_dir, host) as app:
             vm = app[name]
             _check_startable(app, hv, vm)
             _check_memory(hv, vm)
             accel = accelerator.choose(hv, vm)
             nics = network.prepare(base_dir, hv, vm)
-            spec = domain.build_spec(vm, base_dir, accel, nics, network.guest_args(vm))
+            try:
+                spec = domain.build_spec(vm, base_dir, accel, nics, network.guest_args(vm))
+            except BaseException:
+                templates.discard_run_data(vm)  # an overlay made before the failure (B87)
+                raise
             limit = timeout if timeout is not None else vm.qrexec_timeout
             has_agent = vm.HAS_KERNEL
         try:
-            note = hv.start(spec)
+            note = hv.start(spec)  # a failed start leaves no domain defined
         except BaseException:
-            watch.after_stop(base_dir, host, hv, name)
+            watch.after_stop(base_dir, host, hv, name)  # this run's overlay and volatile
             raise
     result.started.append(name)
     if note:
@@ -182,25 +180,23 @@ def shutdown_order(app, names: list[str]) -> list[str]:
 
 
 def shutdown_vms(base_dir: str, host, hv, names: list[str], *, force: bool = False,
-                 wait: bool = False, timeout: float = 60.0, warn=None,
-                 halted_ok: bool = False) -> list[str]:
+                 wait: bool = False, timeout: float = 60.0, warn=None) -> list[str]:
     """Ask each VM to power off; with `wait`, kill what is still up after `timeout`.
 
-    `halted_ok`: a VM that is already down is no error (--all, which lists
-    first and may find some gone). Returns the names still running at the end.
+    A VM that is already off is done, not an error: so is one that stops
+    between this check and the hypervisor call, and a name the caller resolved
+    that has left the collection since (a DisposableVM removed after it
+    stopped; B92, B93). Returns the names still running at the end.
     """
     with read_collection(base_dir, host) as app:
+        names = [n for n in names if app.get(n) is not None]
         for name in names:
             if app[name].is_adminvm:
                 raise QubesError("cannot shut down or kill dom0")
         live = _running(hv, [v.name for v in app])
-        if halted_ok:
-            names = [n for n in names if n in live]
-        order = shutdown_order(app, names)
-        leaving = set(names)
+        order = shutdown_order(app, [n for n in names if n in live])
+        leaving = set(order)
         for name in order:
-            if name not in live:
-                raise QubesError(f"VM '{name}' is not running")
             if live[name] is DomainState.PAUSED:
                 raise QubesError(f"{name} is paused; unpause it first or use qvm-kill")
             vm = app[name]
@@ -210,7 +206,7 @@ def shutdown_vms(base_dir: str, host, hv, names: list[str], *, force: bool = Fal
                 raise QubesError(f"{name} has running clients: {', '.join(sorted(clients))} "
                                  "(shut them down first or use --force)")
     for name in order:
-        hv.shutdown(name)
+        hv.shutdown(name)  # one that stopped since the check is done
         if wait:
             _wait_halted(hv, [name], timeout, warn)
     if not wait:
@@ -245,9 +241,12 @@ def _wait_halted(hv, names: list[str], timeout: float, warn) -> None:
 
 
 def kill_vm(base_dir: str, host, hv, name: str, warn=None) -> None:
+    """Destroy `name`; halted when asked is an error (B95), halting meanwhile is not."""
     with read_collection(base_dir, host) as app:
         if app[name].is_adminvm:
             raise QubesError("cannot shut down or kill dom0")
+    if hv.domain_states([name])[name].state is DomainState.HALTED:
+        raise QubesError(f"VM '{name}' is not running")
     hv.kill(name)
     _clean_up(base_dir, host, hv, name, warn)
 

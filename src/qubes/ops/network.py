@@ -10,6 +10,7 @@ when the netvm of a running VM changes.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 from qubes.errors import QubesError
 from qubes.ops import agent
@@ -61,19 +62,30 @@ def guest_args(vm) -> list[str]:
     return words
 
 
-def current_uplink(vm):
-    """The netvm `vm` is plugged into now (None: dom0 or no network)."""
-    return _uplink(vm)
+@dataclass(frozen=True)
+class Link:
+    """Where a VM is plugged in and the address it has there (netvm None: no network)."""
+
+    netvm: object | None
+    ip: str | None = None
+    gateway: str | None = None
 
 
-def replug(app, hv, vm, old) -> None:
-    """After `vm.netvm` changed from `old` inside an open write transaction: re-plug it.
+def current_link(vm) -> Link:
+    """The netvm `vm` is plugged into now (None: dom0 or no network), with its address."""
+    uplink = _uplink(vm)
+    return Link(uplink, vm.ip, vm.gateway) if uplink is not None else Link(None)
+
+
+def replug(app, hv, vm, before: Link) -> None:
+    """After `vm.netvm` changed from `before` inside an open write transaction: re-plug it.
 
     Only a running VM is touched, and the new netvm must be running. If
-    re-plugging fails the old link is restored and the error raised, so the
-    transaction, and with it the property change, is dropped (B106, B107).
+    re-plugging fails the old link is restored, old address included, and the
+    error raised, so the transaction, and with it the property change, is
+    dropped (B106, B107); if even that fails, the error says the VM is offline.
     """
-    new = _uplink(vm)
+    old, new = before.netvm, _uplink(vm)
     if hv.offline or old is new:
         return
     names = [vm.name] + ([new.name] if new is not None else [])
@@ -90,21 +102,32 @@ def replug(app, hv, vm, old) -> None:
             network, bridge = network_of(base_dir, new)
             hv.ensure_network(network, bridge)
             hv.attach_nic(vm.name, NicSpec(network, vm.mac))
-            _configure(base_dir, vm)
-    except QubesError:
-        if new is not None:
-            try:
-                hv.detach_nic(vm.name, vm.mac)
-            except QubesError:
-                pass
-        if old is not None:
-            hv.attach_nic(vm.name, NicSpec(network_of(base_dir, old)[0], vm.mac))
+            _configure(base_dir, vm, vm.ip, vm.gateway)
+    except QubesError as exc:
+        _plug_back(base_dir, hv, vm, before, new is not None, exc)
         raise
 
 
-def _configure(base_dir: str, vm) -> None:
-    """Give the hot-plugged interface its new address (the guest's qubes-net script)."""
-    command = f"qubes-net {vm.mac.lower()} {vm.ip} {vm.gateway}"
+def _plug_back(base_dir: str, hv, vm, before: Link, detach_new: bool, exc) -> None:
+    """Undo a failed move; what cannot be undone becomes a note on `exc`."""
+    if detach_new:
+        try:
+            hv.detach_nic(vm.name, vm.mac)  # not attached (attach failed): nothing to do
+        except QubesError:
+            pass
+    if before.netvm is None:
+        return
+    try:
+        hv.attach_nic(vm.name, NicSpec(network_of(base_dir, before.netvm)[0], vm.mac))
+        _configure(base_dir, vm, before.ip, before.gateway)  # a re-plugged NIC has no address
+    except QubesError as undo:
+        exc.add_note(f"putting the old link back failed as well ({undo}): '{vm.name}' has no "
+                     "network now; restart it to get it back")
+
+
+def _configure(base_dir: str, vm, ip: str, gateway: str) -> None:
+    """Give the hot-plugged interface its address (the guest's qubes-net script)."""
+    command = f"qubes-net {vm.mac.lower()} {ip} {gateway}"
     code, output = agent.run_command(agent_socket(base_dir, vm.name), vm.name, command, 30)
     if code != 0:
         raise QubesError(f"VM '{vm.name}' could not configure its new interface: "

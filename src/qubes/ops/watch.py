@@ -5,6 +5,11 @@ with the VM; it polls the domain's state and runs `after_stop` once the
 domain is gone, so a guest that powers itself off, a kill from virsh or a
 crash all get the same clean-up. Tools that wait for a stop call
 `after_stop` themselves; it is idempotent.
+
+Starts and clean-ups of one collection take turns (`run_lock`): a VM's run
+files (root overlay, volatile image) are made by a start and removed after
+a stop, and the watcher of a VM's previous run may wake up while a new start
+of the same VM is making them.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import fcntl
 import os
 import subprocess
 import sys
+import threading
 import time
 
 from qubes.errors import QubesError
@@ -30,21 +36,40 @@ def spawn(base_dir: str, name: str) -> None:
                      stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
 
 
+_held = threading.local()  # the run locks this thread holds: path -> depth
+
+
 @contextlib.contextmanager
-def _one_at_a_time(base_dir: str):
-    """The tool and the watcher both clean up after a stop: never at the same time."""
-    fd = os.open(os.path.join(base_dir, ".after-stop.lock"), os.O_RDWR | os.O_CREAT, 0o660)
+def run_lock(base_dir: str):
+    """One start or after-stop clean-up of the collection at a time, across processes.
+
+    Re-entrant within a thread: a start that fails cleans up after itself
+    while it holds the lock. Also keeps the memory check and the domain
+    creation of two starts from interleaving (B87).
+    """
+    path = os.path.join(base_dir, ".start.lock")
+    depths = _held.__dict__.setdefault("depths", {})
+    if depths.get(path):
+        depths[path] += 1
+        try:
+            yield
+        finally:
+            depths[path] -= 1
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o660)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        depths[path] = 1
         yield
     finally:
+        depths.pop(path, None)
         os.close(fd)
 
 
 def after_stop(base_dir: str, host, hv, name: str) -> list[str]:
     """Clean up after `name` stopped; returns what was done, for messages."""
     done = []
-    with _one_at_a_time(base_dir):
+    with run_lock(base_dir):
         with read_collection(base_dir, host) as app:
             vm = app.get(name)
             if vm is None or hv.domain_states([name])[name].state is not DomainState.HALTED:

@@ -215,14 +215,14 @@ def _set_or_reset(keyword: str):
 
 
 def _set_netvm(ctx, app, vm, prop, value):
-    old = network.current_uplink(vm)
+    before = network.current_link(vm)
     if value.strip().lower() == "default":
         vm.reset_prop(prop)
     elif value.strip().lower() == "none":
         vm.set_prop(prop, None)
     else:
         vm.set_prop(prop, value)
-    network.replug(app, ctx.hypervisor, vm, old)  # a running VM moves at once
+    network.replug(app, ctx.hypervisor, vm, before)  # a running VM moves at once
 
 
 def _set_kernel(_ctx, _app, vm, prop, value):

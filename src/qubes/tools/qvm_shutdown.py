@@ -1,10 +1,12 @@
-"""qvm-shutdown: ask VMs to power off; --wait kills what stays up (TOOLS.md §8)."""
+"""qvm-shutdown: ask VMs to power off; --wait kills what stays up (TOOLS.md §8).
+
+A VM that is already off, or stops before the request reaches it, is done (exit 0).
+"""
 from __future__ import annotations
 
 from qubes.errors import ExitCode
 from qubes.ops.lifecycle import shutdown_vms
 from qubes.tools import _cli
-from qubes.vmm.base import DomainState
 
 
 def build_parser():
@@ -38,19 +40,14 @@ def main(argv=None) -> int:
             with ctx.read() as app:
                 for name in a.exclude:
                     _cli.vm_by_name(app, name)
-                candidates = [vm.name for vm in app if not vm.is_adminvm
-                              and vm.name not in a.exclude]
-            states = ctx.hypervisor.domain_states(candidates)
-            names = [n for n in candidates if states[n].state is not DomainState.HALTED]
-            if not names:
-                return ExitCode.OK
+                names = [vm.name for vm in app if not vm.is_adminvm
+                         and vm.name not in a.exclude]  # the halted ones are skipped
         else:
             with ctx.read() as app:
                 for name in names:
                     _cli.vm_by_name(app, name)
         left = shutdown_vms(ctx.base_dir, ctx.host, ctx.hypervisor, names, force=a.force,
-                            wait=a.wait, timeout=a.timeout, warn=ctx.warn,
-                            halted_ok=a.all)
+                            wait=a.wait, timeout=a.timeout, warn=ctx.warn)
         if left:
             ctx.warn(f"still running: {', '.join(left)}")
             return ExitCode.ERROR

@@ -41,6 +41,15 @@ class DomainInfo:
 
 
 @dataclass(frozen=True)
+class HostMemory:
+    """The host's RAM and how much of it running domains are assigned, in MiB."""
+
+    total_mb: int
+    assigned_mb: int   # the guests' memory of every running domain, ours or not
+    domains: int       # how many domains run (each has QEMU's own overhead too)
+
+
+@dataclass(frozen=True)
 class DiskSpec:
     path: str
     target: str            # vda, vdb, ...
@@ -115,6 +124,10 @@ class Hypervisor(Protocol):
     def host_memory_mb(self) -> int: ...
 
     def host_free_memory_mb(self) -> int: ...
+
+    def host_memory(self) -> HostMemory:
+        """Total RAM and what running domains are assigned of it, in one listing."""
+        ...
 
     def host_cpu_times(self) -> tuple[int, int]:
         """(busy, total) CPU nanoseconds of the host, for usage between two samples."""

@@ -7,7 +7,7 @@ from typing import Iterable
 
 from qubes.errors import VMMError
 from qubes.vmm import domain_xml
-from qubes.vmm.base import DomainInfo, DomainSpec, DomainState, NicSpec
+from qubes.vmm.base import DomainInfo, DomainSpec, DomainState, HostMemory, NicSpec
 
 _STATE_MAP = {
     1: DomainState.RUNNING,     # VIR_DOMAIN_RUNNING
@@ -101,11 +101,38 @@ class LibvirtHypervisor:
                 return None
             raise self._fail("looking up", name, exc) from None
 
+    def _active(self, dom, name: str) -> bool:
+        """Whether `dom` runs; one undefined since it was looked up does not (a DispVM)."""
+        if dom is None:
+            return False
+        try:
+            return bool(dom.isActive())
+        except self._libvirt.libvirtError as exc:
+            if exc.get_error_code() == self._libvirt.VIR_ERR_NO_DOMAIN:
+                return False
+            raise self._fail("asking the state of", name, exc) from None
+
     def _domain(self, name: str):
         dom = self._lookup(name)
-        if dom is None or not dom.isActive():
+        if not self._active(dom, name):
             raise VMMError(f"VM '{name}' is not running")
         return dom
+
+    def _forget(self, dom) -> None:
+        """Destroy and undefine a domain this process just defined; best effort.
+
+        Used when its start failed: the error of the start is the one to report.
+        """
+        error = self._libvirt.libvirtError
+        try:
+            if dom.isActive():
+                dom.destroy()
+        except error:
+            pass
+        try:
+            dom.undefine()
+        except error:
+            pass
 
     def start(self, spec: DomainSpec) -> str | None:
         """Define from `spec` (libvirt follows qubes.xml at every start), then create.
@@ -131,27 +158,47 @@ class LibvirtHypervisor:
             if owner != spec.owner or old.UUIDString() != spec.uuid:
                 old.undefine()
         error = self._libvirt.libvirtError
+        dom = None
         try:
             dom = self.conn.defineXML(domain_xml.render(spec))
             dom.create()
-        except error as exc:
-            raise self._fail("starting", spec.name, exc) from None
+        except BaseException as exc:
+            # A start that failed, or was interrupted, leaves no domain behind (B87).
+            if dom is not None:
+                self._forget(dom)
+            if isinstance(exc, error):
+                raise self._fail("starting", spec.name, exc) from None
+            raise
         return note
 
-    def _act(self, name: str, what: str, method: str) -> None:
-        dom = self._domain(name)
+    def _act(self, name: str, what: str, method: str, *, stops: bool = False) -> None:
+        """Call `method` on the running domain `name`.
+
+        `stops` (shutdown, kill): a domain found off, or gone, at any point is
+        done, not an error: the caller's state check may be a moment old, and a
+        guest that powers off meanwhile, or a DisposableVM whose definition the
+        watcher removed, has done what was asked (B92, B93).
+        """
+        dom = self._lookup(name)
+        if not self._active(dom, name):
+            if stops:
+                return
+            raise VMMError(f"VM '{name}' is not running")
         try:
             getattr(dom, method)()
         except self._libvirt.libvirtError as exc:
-            if not dom.isActive():
-                return  # it stopped meanwhile: what was asked for has happened (B92)
-            raise self._fail(what, name, exc) from None
+            if self._active(dom, name):
+                raise self._fail(what, name, exc) from None
+            if not stops:
+                raise VMMError(f"VM '{name}' is not running") from None
 
     def shutdown(self, name: str) -> None:
-        self._act(name, "shutting down", "shutdown")
+        """Press the power button; a domain already off is left as it is."""
+        self._act(name, "shutting down", "shutdown", stops=True)
 
     def kill(self, name: str) -> None:
-        self._act(name, "killing", "destroy")
+        """Pull the power; a domain already off is left as it is."""
+        self._act(name, "killing", "destroy", stops=True)
 
     def pause(self, name: str) -> None:
         self._act(name, "pausing", "suspend")
@@ -238,7 +285,37 @@ class LibvirtHypervisor:
         return int(self.conn.getInfo()[1])
 
     def host_free_memory_mb(self) -> int:
+        """Memory no process uses now; not what a start may count on (see host_memory)."""
         return int(self.conn.getFreeMemory() // (1024 * 1024))
+
+    def host_memory(self) -> HostMemory:
+        """Host RAM and what the running domains, ours or not, are assigned of it.
+
+        Why not getFreeMemory(): QEMU allocates guest memory lazily, so idle
+        guests leave it looking free although they may claim it at any moment
+        (B86, B87). One bulk call covers every running domain; only a driver
+        that reports no balloon figures (the test driver) costs one info() call
+        per domain.
+        """
+        lv = self._libvirt_module()
+        try:
+            total_mb = int(self.conn.getInfo()[1])
+            answer = self.conn.getAllDomainStats(
+                lv.VIR_DOMAIN_STATS_BALLOON, lv.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE)
+        except lv.libvirtError as exc:
+            raise VMMError(f"reading the host's memory failed: {exc.get_error_message()}") \
+                from None
+        assigned_kib = domains = 0
+        for dom, record in answer:
+            kib = record.get("balloon.current")
+            if kib is None:
+                try:
+                    kib = dom.info()[2]
+                except lv.libvirtError:
+                    continue  # stopped since the listing
+            assigned_kib += int(kib)
+            domains += 1
+        return HostMemory(total_mb, -(-assigned_kib // 1024), domains)
 
     def host_cpu_times(self) -> tuple[int, int]:
         """(busy, total) nanoseconds over all CPUs since boot."""

@@ -22,7 +22,7 @@ class OfflineHypervisor:
 
     start = shutdown = kill = pause = unpause = undefine = attach_nic = detach_nic = _refuse
     ensure_network = _refuse
-    host_memory_mb = host_free_memory_mb = host_cpu_times = _refuse
+    host_memory_mb = host_free_memory_mb = host_memory = host_cpu_times = _refuse
 
     def host_cpus(self) -> int:
         raise OfflineError()
