@@ -101,32 +101,40 @@ def test_b13_vm_that_would_fill_the_target_fails_alone(base, tmp_path, passfile,
     assert not list(target.glob(".restore-*"))
 
 
-def test_b13_real_small_filesystem_keeps_its_reserve(base, tmp_path, passfile, monkeypatch):
-    """The pre-flight check passes; then another writer takes 60 MiB of the filesystem."""
+def test_b13_real_small_filesystem_keeps_its_reserve(base, tmp_path, passfile, monkeypatch,
+                                                     capsys):
+    """The pre-flight check passes; right after it another writer takes 60 MiB."""
     out, hashes = _backup(base, tmp_path, passfile, 48)
     with small_tmpfs(tmp_path / "small", "160m") as mnt:
         target = _fresh_target(tmp_path, monkeypatch, mnt / "qubes")
+        real_free_space, calls = space.free_space, []
+
+        def other_writer_after_the_check(path):
+            found = real_free_space(path)
+            if not calls:
+                (mnt / "other-writer").write_bytes(b"x" * (60 * MiB))
+            calls.append(found)
+            return found
+
+        monkeypatch.setattr(space, "free_space", other_writer_after_the_check)
         lowest = [os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize]
         stop = threading.Event()
 
         def sample():
-            filled = False
             while not stop.wait(0.002):
-                if not filled and list(target.glob(".restore-*")):
-                    (mnt / "other-writer").write_bytes(b"x" * (60 * MiB))
-                    filled = True
                 st = os.statvfs(mnt)
                 lowest[0] = min(lowest[0], st.f_bavail * st.f_frsize)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
+        capsys.readouterr()
         try:
-            proc = run("qvm-backup-restore", "--passphrase-file", passfile, out, check=False)
+            code = qvm_backup_restore.main(["--passphrase-file", str(passfile), str(out)])
         finally:
             stop.set()
             sampler.join()
-        err = proc.stderr.decode()
-        assert proc.returncode == 1, err
+        err = capsys.readouterr().err
+        assert code == 1, err
         assert "VM work: FAILED: not enough space in" in err and NEEDS.search(err), err
         assert lowest[0] >= space.RESERVE_MIN - MiB, f"free space went down to {lowest[0]}"
         names = _listing()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import tarfile
 import tempfile
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -17,6 +16,7 @@ from qubes.backup import crypto
 from qubes.backup.errors import BackupError, WrongPassphraseError
 from qubes.backup.format import HEADER_MAX, HEADER_NAME, HMAC_FILE_MAX, hmac_name
 from qubes.backup.space import NoSpaceError, SpaceGuard
+from qubes.backup.tarreader import TarFormatError, TarMember, TarReader, TarTruncatedError
 from qubes.util.atomicfile import describe_os_error
 from qubes.util.text import printable
 
@@ -38,75 +38,47 @@ def check_member_name(untrusted_name: str) -> str:
 MAX_GAP = 1 << 20  # between two outer members there are at most ~10 KiB of padding
 
 
-class _TooMuchPadding(Exception):
-    pass
-
-
-class _GapGuard:
-    """The source as tarfile sees it; while a member header is being looked for, at most
-    MAX_GAP bytes may go by (tarfile would skip zero blocks of /dev/zero for ever)."""
-
-    def __init__(self, source):
-        self.source = source
-        self.limit: int | None = None
-        self.pos = 0
-
-    def arm(self) -> None:
-        self.limit = self.pos + MAX_GAP
-
-    def disarm(self) -> None:
-        self.limit = None
-
-    def read(self, n: int = -1) -> bytes:
-        if self.limit is not None and self.pos >= self.limit:
-            raise _TooMuchPadding()
-        data = self.source.read(n)
-        self.pos += len(data)
-        return data
-
-
 @dataclass
 class Member:
     name: str
     size: int
-    fileobj: object
+    entry: TarMember
 
 
 class OuterReader:
-    """Yields the outer members of a backup stream in order."""
+    """Yields the outer members of a backup stream in order.
+
+    Why not tarfile: its stream mode reads 10 KiB at a time and joins them,
+    which cost a fifth of a large restore; TarReader hands out 1 MiB pieces.
+    The outer archive is a concatenation of small archives (zero blocks
+    between them), so zeros are read past, but at most MAX_GAP bytes of them:
+    /dev/zero must not be read for ever.
+    """
 
     def __init__(self, source: BinaryIO, label: str):
         self.label = label
         self.source = source
         self.current: str | None = None
-        self._guard = _GapGuard(source)
-        self._guard.arm()  # opening already looks for the first member
-        try:
-            self._tar = tarfile.open(fileobj=self._guard, mode="r|", ignore_zeros=True)
-        except (tarfile.TarError, _TooMuchPadding):
-            raise BackupError(f"{label} is not a Qubes backup (not a tar stream)") from None
-        finally:
-            self._guard.disarm()
+        self._tar = TarReader(source.read, ignore_zeros=True, max_gap=MAX_GAP)
 
     def next(self) -> Member | None:
-        self._guard.arm()
         try:
-            info = self._tar.next()
-        except (tarfile.TarError, EOFError) as exc:
+            entry = self._tar.next()
+        except (TarTruncatedError, OSError) as exc:
             raise self._truncated(exc) from None
-        except _TooMuchPadding:
-            after = f" after member '{self.current}'" if self.current else ""
-            raise BackupError(f"{self.label} is not a Qubes backup or is damaged{after}: more "
-                              f"than {MAX_GAP} bytes without an archive member") from None
-        finally:
-            self._guard.disarm()
-        if info is None:
+        except TarFormatError as exc:
+            if self.current is None:
+                raise BackupError(f"{self.label} is not a Qubes backup (not a tar stream: "
+                                  f"{exc})") from None
+            raise BackupError(f"{self.label} is not a Qubes backup or is damaged after member "
+                              f"'{self.current}': {exc}") from None
+        if entry is None:
             return None
-        name = check_member_name(info.name)
-        if not info.isreg():
+        name = check_member_name(entry.name)
+        if not entry.isreg() or entry.sparse is not None:
             raise BackupError(f"archive member '{name}' is not a regular file", name)
         self.current = name
-        return Member(name, info.size, self._tar.extractfile(info))
+        return Member(name, entry.size, entry)
 
     def _truncated(self, exc) -> BackupError:
         after = f" after member '{self.current}'" if self.current else ""
@@ -116,26 +88,15 @@ class OuterReader:
         if member.size > limit:
             raise BackupError(f"archive member '{member.name}' is {member.size} bytes; "
                               f"at most {limit} are allowed", member.name)
-        try:
-            data = member.fileobj.read()
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            raise self._truncated(exc) from None
-        if len(data) != member.size:
-            raise self._truncated("unexpected end of data")
-        return data
+        return b"".join(self.pieces(member))
 
     def pieces(self, member: Member):
         """The member's data in pieces; a short read is a truncated backup."""
-        left = member.size
-        while left:
-            try:
-                piece = member.fileobj.read(min(PIECE, left))
-            except (tarfile.TarError, EOFError, OSError) as exc:
-                raise self._truncated(exc) from None
-            if not piece:
-                raise self._truncated("unexpected end of data")
-            left -= len(piece)
-            yield piece
+        try:
+            for _offset, piece in self._tar.pieces(member.entry):
+                yield piece
+        except (TarFormatError, OSError) as exc:
+            raise self._truncated(exc) from None
 
     def expect(self, name: str, limit: int) -> bytes:
         member = self.next()
