@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 from concurrent.futures import ThreadPoolExecutor
 import re
@@ -23,6 +22,7 @@ from qubes.backup.space import SpaceGuard
 from qubes.errors import QubesError
 from qubes.model.collection import GLOBAL_VM_REFS
 from qubes.util.atomicfile import describe_os_error
+from qubes.util.flock import try_lock
 from qubes.util.text import printable
 from qubes.util.sparse import copy_tree_sparse
 
@@ -369,7 +369,7 @@ def staging_dir(base_dir: str, reporter: Reporter) -> str:
         os.makedirs(base_dir, exist_ok=True)
         path = tempfile.mkdtemp(prefix=prefix, dir=base_dir)  # always a new directory
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        _try_lock(fd)
+        try_lock(fd)
     except OSError as exc:
         if fd is not None:
             os.close(fd)
@@ -389,7 +389,7 @@ def _abandoned(path: str, pid: int) -> bool:
         return False  # gone, or not a directory of ours: leave it alone
     try:
         try:
-            if not _try_lock(fd):
+            if not try_lock(fd):
                 return not _alive(pid)  # no locks on this filesystem: the pid is all we have
         except BlockingIOError:
             return False  # locked: its restore is running
@@ -397,19 +397,6 @@ def _abandoned(path: str, pid: int) -> bool:
         return not (young and _alive(pid))
     finally:
         os.close(fd)
-
-
-def _try_lock(fd: int) -> bool:
-    """flock without waiting; False where the filesystem has no locks (some FUSE)."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise
-    except OSError as exc:
-        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
-            return False
-        raise
-    return True
 
 
 def _same_fs(a: str, b: str) -> bool:

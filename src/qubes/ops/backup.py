@@ -7,8 +7,6 @@ notes what it removed on the exception.
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import re
 import select
@@ -29,6 +27,7 @@ from qubes.ops import ensure_halted
 from qubes.store import codec
 from qubes.store.access import modify_collection, read_collection
 from qubes.util.atomicfile import describe_os_error
+from qubes.util.flock import try_lock
 from qubes.util.text import decode_output
 
 STDERR_LIMIT = 4096
@@ -79,7 +78,7 @@ class FileDestination:
     def open(self) -> BinaryIO:
         try:
             self._file = open(self.partial, "xb")
-            _try_lock(self._file.fileno())
+            try_lock(self._file.fileno())
         except OSError as exc:
             raise QubesError(f"cannot write the backup to {self.path}: "
                              f"{describe_os_error(exc)}") from None
@@ -126,19 +125,6 @@ class FileDestination:
         return None
 
 
-def _try_lock(fd: int) -> bool:
-    """flock without waiting; False where the filesystem has no locks."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise
-    except OSError as exc:
-        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
-            return False
-        raise
-    return True
-
-
 def _abandoned(path: str, pid: int) -> bool:
     """True for a partial backup file that no running backup writes."""
     try:
@@ -146,7 +132,7 @@ def _abandoned(path: str, pid: int) -> bool:
     except OSError:
         return False
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode) or not _try_lock(fd):
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or not try_lock(fd):
             return False  # not a plain file, or no locks here: leave it alone
     except BlockingIOError:
         return False  # locked: its backup is running
