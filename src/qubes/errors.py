@@ -95,3 +95,11 @@ class OfflineError(VMMError):
 
 class StorageError(QubesError):
     """A VM's files could not be created, copied or removed."""
+
+
+class ImagePathError(QubesError):
+    """An image given for one start (`--cdrom`) cannot be used; `.path` is as the user gave it."""
+
+    def __init__(self, message: str, path: str):
+        super().__init__(message)
+        self.path = path

@@ -4,7 +4,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from qubes.vmm import domain_xml
-from qubes.vmm.base import DiskSpec, DomainSpec, NicSpec
+from qubes.vmm.base import CdromSpec, DiskSpec, DomainSpec, NicSpec
 
 
 def spec(**kw) -> DomainSpec:
@@ -59,3 +59,45 @@ def test_names_and_paths_are_escaped():
     xml = domain_xml.render(spec(cmdline="a<b & c", console_log="/v/it's.log"))
     root = ET.fromstring(xml)
     assert root.findtext("os/cmdline") == "a<b & c"
+
+
+def test_a_cdrom_is_a_readonly_ide_disk_booted_before_the_hard_disk():
+    """B90: the machine type is i440FX ('pc'), whose built-in bus is IDE (no SATA)."""
+    root = ET.fromstring(domain_xml.render(spec(kernel=None, initramfs=None, cmdline="",
+                                                cdrom=CdromSpec("/isos/it's & <x>.iso"))))
+    cds = [d for d in root.iter("disk") if d.get("device") == "cdrom"]
+    assert len(cds) == 1
+    cd = cds[0]
+    assert cd.get("type") == "file"
+    assert cd.find("source").get("file") == "/isos/it's & <x>.iso"
+    assert cd.find("driver").get("type") == "raw"
+    assert (cd.find("target").get("dev"), cd.find("target").get("bus")) == ("hdc", "ide")
+    assert root.find("os/type").get("machine") == "pc"
+    assert cd.find("readonly") is not None
+    # The user's file: libvirt must not chown it (it would not give a read-only one back).
+    assert cd.find("source/seclabel").attrib == {"model": "dac", "relabel": "no"}
+    assert [b.get("dev") for b in root.findall("os/boot")] == ["cdrom", "hd"]
+    # The VM's own disks are unchanged beside it.
+    assert [d.find("target").get("dev") for d in root.iter("disk")
+            if d.get("device") == "disk"] == ["vda", "vdb"]
+
+
+def test_a_block_device_cdrom_uses_a_block_source():
+    root = ET.fromstring(domain_xml.render(spec(kernel=None, initramfs=None, cmdline="",
+                                                cdrom=CdromSpec("/dev/sr0", block=True))))
+    cd = next(d for d in root.iter("disk") if d.get("device") == "cdrom")
+    assert cd.get("type") == "block"
+    assert cd.find("source").get("dev") == "/dev/sr0"
+    assert cd.find("source").get("file") is None
+    assert cd.find("readonly") is not None
+
+
+def test_without_a_cdrom_there_is_none_and_only_the_disk_boots():
+    root = ET.fromstring(domain_xml.render(spec(kernel=None, initramfs=None, cmdline="")))
+    assert [d.get("device") for d in root.iter("disk")] == ["disk", "disk"]
+    assert [b.get("dev") for b in root.findall("os/boot")] == ["hd"]
+
+
+def test_every_machine_type_has_a_cdrom_bus():
+    assert domain_xml.MACHINE in domain_xml.CDROM_TARGET
+    assert domain_xml.CDROM_TARGET["q35"][1] == "sata"  # Q35 has no IDE

@@ -204,3 +204,29 @@ def test_assigned_memory_counts_every_running_domain(hv):
     after = hv.host_memory()
     assert after.assigned_mb - before.assigned_mb == 2048
     assert after.domains - before.domains == 1
+
+
+# --- a CD-ROM for one start (B90) ------------------------------------------------
+
+def test_libvirt_accepts_the_cdrom_and_the_next_definition_drops_it(hv):
+    """The rendered CD-ROM parses for libvirt as a read-only IDE cdrom; the next start's
+    spec, without one, replaces the definition (a start defines from the spec)."""
+    import dataclasses
+    import xml.etree.ElementTree as ET
+
+    from qubes.vmm.base import CdromSpec
+    win = uniq("win")
+    first = dataclasses.replace(spec(win), cdrom=CdromSpec("/nonexistent/x.iso"))
+    hv.start(first)
+
+    def cds():
+        root = ET.fromstring(hv.conn.lookupByName(win).XMLDesc(0))
+        return [(d.find("source").get("file"), d.find("target").get("bus"),
+                 d.find("readonly") is not None)
+                for d in root.iter("disk") if d.get("device") == "cdrom"]
+    assert cds() == [("/nonexistent/x.iso", "ide", True)]
+    hv.kill(win)
+    hv.start(dataclasses.replace(first, cdrom=None))
+    assert cds() == []
+    hv.kill(win)
+    hv.undefine(win, OWNER)

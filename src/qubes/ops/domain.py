@@ -8,21 +8,25 @@ Disks by kind of VM:
   until committed into root.img (ops.templates);
 - standalone VMs and HVMs: their own root.img, written directly.
 private.img is persistent; volatile.img is recreated at every start.
+A CD-ROM (`--cdrom`) is for one start of a VM that boots from disk; the
+spec of the next start has none unless asked again.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import uuid as uuidlib
 
-from qubes.errors import QubesError
+from qubes.errors import ImagePathError, QubesError
 from qubes.storage import file as storage
-from qubes.vmm.base import DiskSpec, DomainSpec, NicSpec
+from qubes.vmm.base import CdromSpec, DiskSpec, DomainSpec, NicSpec
 
 APPVM_OVERLAY = "root-overlay.qcow2"
 TEMPLATE_OVERLAY = "root-cow.qcow2"
 CONSOLE_LOG = "console.log"
 RUNTIME_DIR = "/run/qubes-core"
+HOST_PREFIX = "dom0:"   # R2's spelling of "a path on this host"
 
 
 def owner_tag(base_dir: str) -> str:
@@ -85,6 +89,45 @@ def kernel_files(vm) -> tuple[str, str | None] | None:
     return vmlinuz, initramfs if os.path.isfile(initramfs) else None
 
 
+def cdrom_for(vm, untrusted_path: str) -> CdromSpec:
+    """The CD-ROM of one start of `vm`, checked before anything is defined (B90).
+
+    `dom0:/path` is a path on this host; any other `VM:` prefix would be an
+    image inside another VM, which is not supported. The path must name a
+    regular file or a block device; a relative one is taken from the
+    caller's directory. Errors name the path as given (prefix stripped).
+    """
+    if vm.HAS_KERNEL:
+        raise QubesError(f"VM '{vm.name}' boots its kernel directly; a CD-ROM can only be "
+                         "attached to a VM that boots from disk (an HVM)")
+    path = untrusted_path
+    if path.startswith(HOST_PREFIX):
+        path = path[len(HOST_PREFIX):]
+    else:
+        source, colon, _ = path.partition(":")
+        if colon and source and "/" not in source:
+            raise ImagePathError(
+                f"CD-ROM for '{vm.name}': '{path}' names an image in the VM '{source}'; "
+                "attaching an image from another VM is not supported, give a path on this "
+                f"host (dom0:PATH, or ./{path} for a local file with ':' in its name)", path)
+    if not path:
+        raise ImagePathError(f"CD-ROM for '{vm.name}': no image path given", path)
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise ImagePathError(f"CD-ROM for '{vm.name}': '{path}' does not exist", path) from None
+    except OSError as exc:
+        raise ImagePathError(f"CD-ROM for '{vm.name}': cannot read '{path}': "
+                             f"{exc.strerror}", path) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ImagePathError(f"CD-ROM for '{vm.name}': '{path}' is a directory, "
+                             "not an image file", path)
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        raise ImagePathError(f"CD-ROM for '{vm.name}': '{path}' is neither a regular file "
+                             "nor a block device", path)
+    return CdromSpec(os.path.abspath(path), block=stat.S_ISBLK(st.st_mode))
+
+
 def cmdline(vm, extra=()) -> str:
     services = ",".join(sorted(name for name, on in vm.services.items() if on))
     parts = ["console=ttyS0", "panic=-1", "quiet", vm.kernelopts or "",
@@ -95,8 +138,11 @@ def cmdline(vm, extra=()) -> str:
 
 
 def build_spec(vm, base_dir: str, accel: str, nics: tuple[NicSpec, ...] = (),
-               extra_cmdline=()) -> DomainSpec:
-    """Prepare this start's disks and describe the domain; call with the VM halted."""
+               extra_cmdline=(), cdrom: CdromSpec | None = None) -> DomainSpec:
+    """Prepare this start's disks and describe the domain; call with the VM halted.
+
+    `cdrom` comes from `cdrom_for`, checked before the start began.
+    """
     kernel = kernel_files(vm)
     disks = [root_disk(vm)]
     if os.path.isfile(vm.private_img):
@@ -117,7 +163,8 @@ def build_spec(vm, base_dir: str, accel: str, nics: tuple[NicSpec, ...] = (),
         vcpus=int(vm.vcpus or 1), disks=tuple(disks), console_log=console,
         agent_socket=agent_socket(base_dir, vm.name),
         kernel=kernel[0] if kernel else None, initramfs=kernel[1] if kernel else None,
-        cmdline=cmdline(vm, extra_cmdline) if kernel else "", nics=nics, accel=accel)
+        cmdline=cmdline(vm, extra_cmdline) if kernel else "", nics=nics, accel=accel,
+        cdrom=cdrom)
 
 
 def read_log(path: str) -> bytes:

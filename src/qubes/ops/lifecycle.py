@@ -61,15 +61,22 @@ def _netvm_chain(app, hv, vm) -> list:
 
 
 def start_vm(base_dir: str, host, hv, name: str, *, wait: bool = True,
-             timeout: float | None = None) -> StartResult:
-    """Start `name` (and the halted netvms it needs), then wait for each ready line."""
+             timeout: float | None = None, cdrom: str | None = None) -> StartResult:
+    """Start `name` (and the halted netvms it needs), then wait for each ready line.
+
+    `cdrom`: an image path (as the user gave it) attached read-only to `name`,
+    not to its netvms, for this start only; a bad one is refused before the
+    hypervisor is asked anything (B90).
+    """
     result = StartResult()
     with read_collection(base_dir, host) as app:
         vm = app[name]
+        image = domain.cdrom_for(vm, cdrom) if cdrom is not None else None
         _check_startable(app, hv, vm)
         order = _netvm_chain(app, hv, vm) + [vm]
     for each in order:
-        _start_one(base_dir, host, hv, each.name, wait, timeout, result)
+        _start_one(base_dir, host, hv, each.name, wait, timeout, result,
+                   cdrom=image if each is vm else None)
     return result
 
 
@@ -105,7 +112,8 @@ def _check_memory(hv, vm) -> None:
                          f"({MEMORY_OVERHEAD_MB} MiB of it for QEMU), {available} MiB available")
 
 
-def _start_one(base_dir, host, hv, name, wait, timeout, result: StartResult) -> None:
+def _start_one(base_dir, host, hv, name, wait, timeout, result: StartResult,
+               cdrom=None) -> None:
     began = time.monotonic()
     with watch.run_lock(base_dir):  # memory check to create; never during a clean-up
         with read_collection(base_dir, host) as app:
@@ -115,7 +123,8 @@ def _start_one(base_dir, host, hv, name, wait, timeout, result: StartResult) -> 
             accel = accelerator.choose(hv, vm)
             nics = network.prepare(base_dir, hv, vm)
             try:
-                spec = domain.build_spec(vm, base_dir, accel, nics, network.guest_args(vm))
+                spec = domain.build_spec(vm, base_dir, accel, nics, network.guest_args(vm),
+                                         cdrom=cdrom)
             except BaseException:
                 templates.discard_run_data(vm)  # an overlay made before the failure (B87)
                 raise

@@ -14,6 +14,9 @@ def build_parser():
                    help="how long to wait for the guest (default: the VM's qrexec_timeout)")
     p.add_argument("--dispvm", metavar="TEMPLATE",
                    help="start a new DisposableVM on TEMPLATE (removed when it stops)")
+    p.add_argument("--cdrom", metavar="[dom0:]PATH",
+                   help="attach the image or block device PATH of this host as a read-only "
+                        "CD-ROM, for this start only (VMs that boot from disk: HVMs)")
     p.add_argument("name", metavar="VM", nargs="?")
     return p
 
@@ -21,6 +24,8 @@ def build_parser():
 def _validate(parser, args) -> None:
     if bool(args.name) == bool(args.dispvm):
         parser.error("name a VM, or give --dispvm TEMPLATE")
+    if args.dispvm and args.cdrom is not None:
+        parser.error("--cdrom is for a VM that boots from disk, not for --dispvm")
 
 
 def main(argv=None) -> int:
@@ -31,7 +36,7 @@ def main(argv=None) -> int:
                                   timeout=a.timeout, warn=ctx.warn)
         else:
             result = start_vm(ctx.base_dir, ctx.host, ctx.hypervisor, a.name,
-                              wait=not a.no_wait, timeout=a.timeout)
+                              wait=not a.no_wait, timeout=a.timeout, cdrom=a.cdrom)
         for note in result.notes:
             ctx.warn(note)
         for name in result.started:

@@ -58,6 +58,14 @@ class DiskSpec:
 
 
 @dataclass(frozen=True)
+class CdromSpec:
+    """A read-only CD-ROM for one start; ops checked that `path` exists and is usable."""
+
+    path: str              # absolute: libvirtd does not share the caller's directory
+    block: bool = False    # a host block device rather than an image file
+
+
+@dataclass(frozen=True)
 class NicSpec:
     network: str           # a libvirt network (ensure_network made it)
     mac: str
@@ -85,6 +93,7 @@ class DomainSpec:
     cmdline: str = ""
     nics: tuple[NicSpec, ...] = ()
     accel: str = "qemu"            # libvirt domain type: "qemu" (TCG) or "kvm"
+    cdrom: CdromSpec | None = None  # this start only: the next spec decides again
 
 
 class Hypervisor(Protocol):

@@ -7,14 +7,21 @@ Why these choices:
   list at once; restarting is the core's decision, not QEMU's.
 - serial 0 is written to console.log (the ready line lands there); serial 1
   is the command channel to the guest, a unix socket QEMU listens on.
+- a CD-ROM (an HVM's installer, B90) is read-only, on the bus the machine
+  type has built in, and boots before the disk, as an installer needs; the
+  disk (tried next) boots alone at the next start without one.
 """
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from qubes.vmm.base import DomainSpec, NicSpec
+from qubes.vmm.base import CdromSpec, DomainSpec, NicSpec
 
 NAMESPACE = "https://qubes-core.invalid/libvirt/1"
+MACHINE = "pc"
+# Where a CD-ROM goes on each machine type: i440FX ('pc') has IDE and no SATA
+# controller; Q35 has SATA (AHCI) and no IDE.
+CDROM_TARGET = {"pc": ("hdc", "ide"), "q35": ("sda", "sata")}
 
 
 def _sub(parent, tag: str, text: str | None = None, **attrs) -> ET.Element:
@@ -46,6 +53,19 @@ def _nic(parent, nic: NicSpec) -> ET.Element:
     return node
 
 
+def _cdrom(devices, cdrom: CdromSpec) -> ET.Element:
+    node = _sub(devices, "disk", type_="block" if cdrom.block else "file", device="cdrom")
+    _sub(node, "driver", name="qemu", type_="raw")
+    source = _sub(node, "source", **{"dev" if cdrom.block else "file": cdrom.path})
+    # The image is the user's, not ours: libvirt would chown it to QEMU's user and,
+    # the disk being read-only, never give it back.
+    _sub(source, "seclabel", model="dac", relabel="no")
+    dev, bus = CDROM_TARGET[MACHINE]
+    _sub(node, "target", dev=dev, bus=bus)
+    _sub(node, "readonly")
+    return node
+
+
 def render(spec: DomainSpec) -> str:
     dom = ET.Element("domain", type=spec.accel)
     _sub(dom, "name", spec.name)
@@ -56,13 +76,15 @@ def render(spec: DomainSpec) -> str:
     _sub(dom, "memory", str(spec.memory_mb), unit="MiB")
     _sub(dom, "vcpu", str(spec.vcpus))
     os_ = _sub(dom, "os")
-    _sub(os_, "type", "hvm", arch="x86_64", machine="pc")
+    _sub(os_, "type", "hvm", arch="x86_64", machine=MACHINE)
     if spec.kernel is not None:
         _sub(os_, "kernel", spec.kernel)
         if spec.initramfs is not None:
             _sub(os_, "initrd", spec.initramfs)
         _sub(os_, "cmdline", spec.cmdline)
     else:
+        if spec.cdrom is not None:
+            _sub(os_, "boot", dev="cdrom")
         _sub(os_, "boot", dev="hd")
     features = _sub(dom, "features")
     _sub(features, "acpi")
@@ -76,6 +98,8 @@ def render(spec: DomainSpec) -> str:
         _sub(node, "target", dev=disk.target, bus="virtio")
         if disk.readonly:
             _sub(node, "readonly")
+    if spec.cdrom is not None:
+        _cdrom(devices, spec.cdrom)
     for nic in spec.nics:
         _nic(devices, nic)
     serial = _sub(devices, "serial", type_="file")
