@@ -588,3 +588,91 @@ def test_b57_only_abandoned_partial_files_are_removed(tmp_path):
         dest.abort()
     assert dest.removed_stale == [str(tmp_path / names["dead"])]
     assert sorted(os.listdir(tmp_path)) == sorted(n for k, n in names.items() if k != "dead")
+
+
+def test_b05_backup_cut_in_the_second_vm_restores_the_first(base, tmp_path, passfile):
+    """B05: the outer tar ends in the middle of one VM's chunks: the VMs written before it
+    are restored, the cut one is reported failed and not registered, the exit is 1."""
+    peers = peers_or_skip()
+    backup = tmp_path / "two.bin"
+    subprocess.run([peers / "make-backup-v3", "-q", "-p", passfile, "--no-home",
+                    "--chunk-size", "32768", "--vm", "template:tpl", "--vm", "standalone:first",
+                    "--vm", "standalone:second:private=2M,data=640K@1M", backup],
+                   check=True, capture_output=True, timeout=300)
+    with tarfile.open(backup, ignore_zeros=True) as tf:
+        data_members = [m for m in tf if re.fullmatch(r"vm\d+/.+\.\d{3}", m.name)]
+    items: dict[str, list] = {}
+    for m in data_members:
+        items.setdefault(m.name.rsplit(".", 1)[0], []).append(m)
+    chunks = max(items.values(), key=len)  # second's private.img: by far the most data
+    assert len(chunks) > 10, "the cut must fall inside a multi-chunk item"
+    cut = tmp_path / "cut.bin"
+    cut.write_bytes(backup.read_bytes()[:chunks[len(chunks) // 2].offset_data + 1000])
+    proc = run("qvm-backup-restore", "--passphrase-file", passfile, cut, check=False)
+    out, err = proc.stdout.decode(), proc.stderr.decode()
+    assert proc.returncode == 1, out + err
+    assert "VM second: FAILED" in out + err and "truncated" in err, out + err
+    assert "VM first: restored" in out + err, out + err
+    names = run("qvm-ls", "--raw-list").stdout.decode().split()
+    assert "first" in names and "second" not in names
+    assert not (base / "appvms" / "second").exists()
+    assert not list(base.glob(".restore-*"))
+
+
+def test_b15_write_error_during_restore_fails_that_vm_only(base, tmp_path, passfile,
+                                                          monkeypatch, capsys):
+    """B15: a write error (EIO) while one VM's image is written fails that VM: reported
+    with the VM and the error, nothing of it registered or left; the others restored."""
+    from qubes.backup import extract
+    from qubes.tools import qvm_backup_restore
+    hashes = make_demo_vms(base)
+    marker = b"\xee" * 4096
+    write_at(base / "appvms/work/private.img", 1 << 20, marker * 4)
+    hashes = image_hashes(base)
+    out = tmp_path / "b.bin"
+    run("qvm-backup", "--passphrase-file", passfile, out, "tpl", "work", "personal")
+    target = fresh_target(tmp_path, monkeypatch)
+    real_pwrite = extract.os.pwrite
+
+    def failing_disk(fd, data, offset):
+        if marker[:512] in bytes(data):
+            raise OSError(5, "Input/output error")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(extract.os, "pwrite", failing_disk)
+    capsys.readouterr()
+    code = qvm_backup_restore.main(["--passphrase-file", str(passfile), str(out)])
+    captured = capsys.readouterr()
+    err = captured.out + captured.err
+    assert code == 1, err
+    assert "VM work: FAILED" in err and "Input/output error" in err, err
+    names = run("qvm-ls", "--raw-list").stdout.decode().split()
+    assert "work" not in names and "tpl" in names and "personal" in names
+    assert not (target / "appvms" / "work").exists()
+    assert not list(target.glob(".restore-*"))
+    assert image_hashes(target) == {k: v for k, v in hashes.items()
+                                    if k.split("/")[1] in ("tpl", "personal")}
+
+
+def test_b22_stale_bytes_in_the_way_never_show_through_the_holes(base, tmp_path, passfile,
+                                                                 monkeypatch):
+    """B22: the target already holds the VM's directory with an image full of 0xAA; the
+    restored image is byte-identical to the source, its zero regions read as zeros."""
+    make_demo_vms(base)
+    image = base / "appvms/work/private.img"
+    write_at(image, 3 << 20, os.urandom(64 << 10))
+    write_at(image, 5 << 20, bytes(256 << 10))  # zeros that are allocated in the source
+    source_hash = sha256_file(image)
+    out = tmp_path / "b.bin"
+    run("qvm-backup", "--passphrase-file", passfile, out, "tpl", "work")
+    target = fresh_target(tmp_path, monkeypatch)
+    stale = target / "appvms/work"
+    stale.mkdir(parents=True)
+    (stale / "private.img").write_bytes(b"\xaa" * image.stat().st_size)
+    run("qvm-backup-restore", "--passphrase-file", passfile, out)
+    restored = target / "appvms/work/private.img"
+    assert sha256_file(restored) == source_hash
+    with open(restored, "rb") as f:
+        f.seek(5 << 20)
+        assert f.read(256 << 10) == bytes(256 << 10)
+    assert b"\xaa" * 512 not in restored.read_bytes()
