@@ -676,3 +676,38 @@ def test_b22_stale_bytes_in_the_way_never_show_through_the_holes(base, tmp_path,
         f.seek(5 << 20)
         assert f.read(256 << 10) == bytes(256 << 10)
     assert b"\xaa" * 512 not in restored.read_bytes()
+
+
+def test_b11_failed_verify_leaves_no_thread_process_or_temporary_file(base, tmp_path,
+                                                                      passfile, capsys):
+    """B11: the first data chunk is corrupted; when verify returns, every worker thread
+    and child process has ended and the temporary directory is empty."""
+    import threading
+
+    from qubes.tools import qvm_backup_restore
+    make_demo_vms(base)
+    write_at(base / "appvms/work/private.img", 0, os.urandom(1 << 20))
+    backup = tmp_path / "b.bin"
+    run("qvm-backup", "--passphrase-file", passfile, backup,
+        env={"QUBES_BACKUP_CHUNK_SIZE": str(256 << 10)})
+    first = next(n for n, _d in outer_members(backup)
+                 if re.fullmatch(r".+\.000", n) and not n.startswith("qubes.xml"))
+    bad = tmp_path / "bad.bin"
+    rewrite_members(backup, bad, {first: lambda data: data[:100] + bytes([data[100] ^ 1])
+                                  + data[101:]})
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    before = set(threading.enumerate())
+    capsys.readouterr()
+    code = qvm_backup_restore.main(["--verify-only", "--tmpdir", str(tmp),
+                                    "--passphrase-file", str(passfile), str(bad)])
+    err = capsys.readouterr().err
+    assert code == 1 and first in err, err
+    deadline = time.monotonic() + 5  # daemon threads may still be unwinding
+    while set(threading.enumerate()) - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not set(threading.enumerate()) - before, threading.enumerate()
+    assert not list(tmp.iterdir())
+    children = subprocess.run(["pgrep", "-P", str(os.getpid())], capture_output=True,
+                              text=True).stdout.split()
+    assert children == [], children
