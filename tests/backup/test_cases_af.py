@@ -711,3 +711,59 @@ def test_b11_failed_verify_leaves_no_thread_process_or_temporary_file(base, tmp_
     children = subprocess.run(["pgrep", "-P", str(os.getpid())], capture_output=True,
                               text=True).stdout.split()
     assert children == [], children
+
+
+def test_b52_chunks_swapped_by_renaming_fail_verification(base, tmp_path, passfile,
+                                                         monkeypatch):
+    """B52(b), format 3: chunks .001 and .002 of one image swapped together with their
+    .hmac files, so each is authentic on its own; verify and restore still fail that VM
+    (the stream no longer decrypts and decodes) and never report it verified."""
+    make_demo_vms(base)
+    write_at(base / "appvms/work/private.img", 0, os.urandom(1 << 20))
+    backup = tmp_path / "b.bin"
+    run("qvm-backup", "--passphrase-file", passfile, backup, "tpl", "work",
+        env={"QUBES_BACKUP_CHUNK_SIZE": str(128 << 10)})
+    members = dict(outer_members(backup))
+    item = next(n[:-4] for n in members if n.endswith(".002") and not n.startswith("qubes"))
+    one, two = f"{item}.001", f"{item}.002"
+    swapped = tmp_path / "swapped.bin"
+    rewrite_members(backup, swapped, {
+        one: lambda _d: members[two], two: lambda _d: members[one],
+        one + ".hmac": lambda _d: members[two + ".hmac"],
+        two + ".hmac": lambda _d: members[one + ".hmac"]})
+    fresh_target(tmp_path, monkeypatch)
+    for extra in (["--verify-only"], []):
+        proc = run("qvm-backup-restore", *extra, "--passphrase-file", passfile, swapped,
+                   check=False)
+        out, err = proc.stdout.decode(), proc.stderr.decode()
+        assert proc.returncode == 1, out + err
+        assert "FAILED" in out + err and "passphrase" not in err, out + err
+        assert "Verification completed" not in out
+    assert "work" not in run("qvm-ls", "--raw-list").stdout.decode().split()
+
+
+def test_b21_very_sparse_and_huge_sparse_images_round_trip(base, tmp_path, passfile,
+                                                         monkeypatch):
+    """B21(b, c): a 64 MiB image with a 4 KiB block every 64 KiB (1,024 regions) and a
+    10 GiB image holding 1 MiB: identical after the round trip, the backup small, the
+    restored 10 GiB image not allocated."""
+    from qubes.util.sparse import sparse_sha256
+    make_demo_vms(base)
+    many = base / "appvms/work/private.img"
+    os.truncate(many, 64 << 20)
+    for offset in range(0, 64 << 20, 64 << 10):
+        write_at(many, offset, os.urandom(4096))
+    huge = base / "appvms/personal/private.img"
+    os.truncate(huge, 10 << 30)
+    write_at(huge, 7 << 30, os.urandom(1 << 20))
+    want = {"work": sparse_sha256(many), "personal": sparse_sha256(huge)}
+    backup = tmp_path / "b.bin"
+    run("qvm-backup", "--passphrase-file", passfile, backup, "tpl", "work", "personal")
+    assert backup.stat().st_size < 16 << 20
+    target = fresh_target(tmp_path, monkeypatch)
+    run("qvm-backup-restore", "--passphrase-file", passfile, backup)
+    for vm, digest in want.items():
+        assert sparse_sha256(target / "appvms" / vm / "private.img") == digest, vm
+    restored_huge = target / "appvms/personal/private.img"
+    assert restored_huge.stat().st_size == 10 << 30
+    assert restored_huge.stat().st_blocks * 512 < 64 << 20
