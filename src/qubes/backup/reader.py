@@ -16,7 +16,8 @@ from qubes.backup import crypto
 from qubes.backup.errors import BackupError, WrongPassphraseError
 from qubes.backup.format import HEADER_MAX, HEADER_NAME, HMAC_FILE_MAX, hmac_name
 from qubes.backup.space import NoSpaceError, SpaceGuard
-from qubes.backup.tarreader import TarFormatError, TarMember, TarReader, TarTruncatedError
+from qubes.backup.tarreader import (TarFormatError, TarMember, TarReader, TarSparseRefused,
+                                    TarTruncatedError)
 from qubes.util.atomicfile import describe_os_error
 from qubes.util.text import printable
 
@@ -30,8 +31,8 @@ def check_member_name(untrusted_name: str) -> str:
     parts = untrusted_name.split("/")
     if untrusted_name.startswith("/") or not all(
             _COMPONENT.fullmatch(p) and p not in (".", "..") for p in parts):
-        raise BackupError(f"archive member '{printable(untrusted_name)}' has an unsafe name",
-                          untrusted_name)
+        shown = printable(untrusted_name)  # .member reaches the terminal too
+        raise BackupError(f"archive member '{shown}' has an unsafe name", shown)
     return untrusted_name
 
 
@@ -52,26 +53,32 @@ class OuterReader:
     which cost a fifth of a large restore; TarReader hands out 1 MiB pieces.
     The outer archive is a concatenation of small archives (zero blocks
     between them), so zeros are read past, but at most MAX_GAP bytes of them:
-    /dev/zero must not be read for ever.
+    /dev/zero must not be read for ever. Members are plain files, so a sparse
+    member is refused before its map (possibly millions of regions) is read.
     """
 
     def __init__(self, source: BinaryIO, label: str):
         self.label = label
         self.source = source
         self.current: str | None = None
-        self._tar = TarReader(source.read, ignore_zeros=True, max_gap=MAX_GAP)
+        self._tar = TarReader(source.read, ignore_zeros=True, max_gap=MAX_GAP, sparse=False)
 
     def next(self) -> Member | None:
         try:
             entry = self._tar.next()
         except (TarTruncatedError, OSError) as exc:
             raise self._truncated(exc) from None
+        except TarSparseRefused as exc:
+            name = printable(exc.name)
+            raise BackupError(f"archive member '{name}' is a sparse file, not a plain "
+                              "regular file", name) from None
         except TarFormatError as exc:
+            where = f"tar header at byte {self._tar.header_offset}"
             if self.current is None:
                 raise BackupError(f"{self.label} is not a Qubes backup (not a tar stream: "
-                                  f"{exc})") from None
+                                  f"{exc}; {where})") from None
             raise BackupError(f"{self.label} is not a Qubes backup or is damaged after member "
-                              f"'{self.current}': {exc}") from None
+                              f"'{self.current}': {exc} ({where})") from None
         if entry is None:
             return None
         name = check_member_name(entry.name)

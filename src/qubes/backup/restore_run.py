@@ -286,7 +286,7 @@ class DataPass:
     def discard_home(self) -> None:
         """A home restored only in part is removed: it is a new directory, nothing is lost."""
         if self.home_dir is not None:
-            shutil.rmtree(self.home_dir, ignore_errors=True)
+            shutil.rmtree(self.home_dir, onerror=_make_writable_and_retry)
             self.home_dir = None
 
     def _close_item(self) -> None:
@@ -369,7 +369,7 @@ def staging_dir(base_dir: str, reporter: Reporter) -> str:
         os.makedirs(base_dir, exist_ok=True)
         path = tempfile.mkdtemp(prefix=prefix, dir=base_dir)  # always a new directory
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try_lock(fd)
+        try_lock(fd, wait=True)
     except OSError as exc:
         if fd is not None:
             os.close(fd)
@@ -397,6 +397,15 @@ def _abandoned(path: str, pid: int) -> bool:
         return not (young and _alive(pid))
     finally:
         os.close(fd)
+
+
+def _make_writable_and_retry(func, path: str, _exc) -> None:
+    """A restored home may hold read-only directories (their modes come back at the end)."""
+    try:
+        os.chmod(os.path.dirname(path), 0o700)
+        func(path)
+    except OSError:
+        pass
 
 
 def _same_fs(a: str, b: str) -> bool:

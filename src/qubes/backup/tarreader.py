@@ -9,7 +9,10 @@ pax (``x`` records ``path``, ``linkpath``, ``size``, ``mtime``; sparse
 formats 0.1 and 1.0; ``g`` headers are read and ignored). Everything about a
 member is checked before it is returned: checksums, numbers, sparse maps
 that stay inside the file, and size limits on every piece of metadata, so a
-hostile archive costs bounded memory. It never writes anything: what a
+hostile archive costs bounded memory. Between two members at most
+MAX_META_TOTAL bytes of extended headers and `max_gap` bytes of zeros are
+read, so an endless stream of headers ends too. Names in error messages are
+escaped: they come from the archive. It never writes anything: what a
 member may become on disk is the caller's decision.
 
 May import: the standard library only.
@@ -22,6 +25,7 @@ from typing import Callable, Iterator
 BLOCK = 512
 PIECE = 1 << 20              # data handed out at most this much at a time
 MAX_META = 1 << 20           # a pax header or a GNU long name
+MAX_META_TOTAL = 4 * MAX_META  # all extended headers (x, g, L, K) before one member
 MAX_REGIONS = 4_000_000      # data regions of one sparse member
 REGULAR, HARDLINK, SYMLINK, DIRECTORY = "0", "1", "2", "5"
 _ZERO_BLOCK = bytes(BLOCK)
@@ -34,6 +38,14 @@ class TarFormatError(ValueError):
 
 class TarTruncatedError(TarFormatError):
     """The stream ended inside a header or a member's data."""
+
+
+class TarSparseRefused(TarFormatError):
+    """A sparse member where the caller accepts none (`sparse=False`); its map is not read."""
+
+    def __init__(self, name: str):
+        super().__init__(f"member '{shown(name)}' is a sparse file")
+        self.name = name
 
 
 class TarSizeError(TarFormatError):
@@ -68,6 +80,13 @@ class TarMember:
 
     def islnk(self) -> bool:
         return self.type == HARDLINK
+
+
+def shown(untrusted_name: str, limit: int = 200) -> str:
+    """A name from the archive, fit for a message: control characters escaped, length capped."""
+    text = "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace")
+                   .decode("ascii") for c in untrusted_name)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _number(field: bytes, what: str) -> int:
@@ -150,10 +169,13 @@ class TarReader:
 
     `ignore_zeros` reads past zero blocks (a concatenation of archives, as
     `tar -i`); `max_gap` then bounds the zero bytes between two members.
+    `sparse=False` refuses sparse members (TarSparseRefused) before their map
+    is read: a map may hold millions of regions. A stream that ends inside
+    zero padding, with less than a block left, ends the archive (as GNU tar).
     """
 
     def __init__(self, read: Callable[[int], bytes], ignore_zeros: bool = False,
-                 max_gap: int | None = None):
+                 max_gap: int | None = None, sparse: bool = True):
         self._read = read
         self._buf = b""
         self._pos = 0
@@ -162,7 +184,9 @@ class TarReader:
         self._ignore_zeros = ignore_zeros
         self._max_gap = max_gap
         self._ended = False
+        self._sparse = sparse
         self.offset = 0           # bytes consumed from the stream
+        self.header_offset = 0    # where the last header block read starts
 
     # --- bytes ------------------------------------------------------------
 
@@ -202,10 +226,12 @@ class TarReader:
             return None
         pax: dict[str, bytes] = {}
         long_name = long_link = None
+        meta = 0                  # extended header bytes before this member
+        gap = [0]                 # zero bytes before this member (one count for all blocks)
         while True:
-            block = self._header_block()
+            block = self._header_block(gap)
             if block is None:
-                if pax or long_name is not None or long_link is not None:
+                if meta:
                     raise TarTruncatedError("the archive ends after an extended header")
                 self._ended = True
                 return None
@@ -215,6 +241,10 @@ class TarReader:
                 if size > MAX_META:
                     raise TarFormatError(f"extended tar header of {size} bytes (at most "
                                          f"{MAX_META})")
+                meta += BLOCK + size + (-size % BLOCK)
+                if meta > MAX_META_TOTAL:
+                    raise TarFormatError(f"more than {MAX_META_TOTAL} bytes of extended tar "
+                                         "headers without an archive member")
                 data = self._take(size, "an extended header")
                 self._skip(-size % BLOCK, "an extended header")
                 if kind == "x":
@@ -231,12 +261,21 @@ class TarReader:
             self._left = member.stored + (-member.stored % BLOCK)
             return member
 
-    def _header_block(self) -> bytes | None:
-        """The next header block; None at the end of the archive."""
-        gap = 0
+    def _header_block(self, gap: list[int]) -> bytes | None:
+        """The next header block; None at the end of the archive. `gap[0]` counts the
+        zero bytes read since the last member."""
         while True:
-            if not self._fill(1):
-                return None  # a stream that simply stops after a member is complete
+            if not self._fill(BLOCK):
+                rest = self._buf[self._pos:]
+                if rest.count(0) == len(rest):
+                    # nothing, or the stream stops inside zero padding: the last member
+                    # is complete (GNU tar agrees)
+                    self.offset += len(rest)
+                    self._buf, self._pos = b"", 0
+                    return None
+                self.header_offset = self.offset
+                raise TarTruncatedError("the archive ends inside a tar header")
+            self.header_offset = self.offset
             block = self._take(BLOCK, "a tar header")
             if block != _ZERO_BLOCK:
                 _check_sum(block)
@@ -244,8 +283,8 @@ class TarReader:
             if not self._ignore_zeros:
                 self._drain()
                 return None
-            gap += BLOCK
-            if self._max_gap is not None and gap > self._max_gap:
+            gap[0] += BLOCK
+            if self._max_gap is not None and gap[0] > self._max_gap:
                 raise TarFormatError(f"more than {self._max_gap} bytes without an archive "
                                      "member")
 
@@ -278,10 +317,15 @@ class TarReader:
             mtime = 0 if whole.startswith(b"-") else _decimal(whole or b"0", "mtime")
         member = TarMember(_text(name), kind, _number(block[100:108], "mode") & 0o7777,
                            mtime, size, _text(link), None, size)
+        pax_sparse = any(key.startswith("GNU.sparse.") for key in pax)
+        if not self._sparse and (kind == "S" or pax_sparse):
+            if "GNU.sparse.name" in pax:
+                member.name = _text(pax["GNU.sparse.name"])
+            raise TarSparseRefused(member.name)
         try:
             if kind == "S":
                 self._gnu_sparse(member, block)
-            elif "GNU.sparse.major" in pax or "GNU.sparse.map" in pax:
+            elif pax_sparse:
                 self._pax_sparse(member, pax)
         except TarSizeError as exc:
             exc.name = member.name
@@ -289,7 +333,7 @@ class TarReader:
         if kind in ("7", "\0"):
             member.type = REGULAR
         if member.type in (DIRECTORY, SYMLINK, HARDLINK) and size:
-            raise TarFormatError(f"member '{member.name}': a directory or link with "
+            raise TarFormatError(f"member '{shown(member.name)}': a directory or link with "
                                  f"{size} bytes of data")
         return member
 
@@ -316,7 +360,10 @@ class TarReader:
             raise TarFormatError("sparse map does not match the member's data")
 
     def _pax_sparse(self, member: TarMember, pax: dict[str, bytes]) -> None:
-        version = (pax.get("GNU.sparse.major", b"0"), pax.get("GNU.sparse.minor", b"1"))
+        # 0.1 has a map record, 1.0 says so; without either it is 0.0 (repeated
+        # offset/numbytes records), which GNU tar no longer writes
+        minor = b"1" if "GNU.sparse.map" in pax else b"0"
+        version = (pax.get("GNU.sparse.major", b"0"), pax.get("GNU.sparse.minor", minor))
         if "GNU.sparse.name" in pax:
             member.name = _text(pax["GNU.sparse.name"])
         real = pax.get("GNU.sparse.realsize", pax.get("GNU.sparse.size"))
@@ -383,7 +430,7 @@ class TarReader:
                     self._buf, self._pos = self._read(PIECE), 0
                     if not self._buf:
                         raise TarTruncatedError(f"the archive ends inside the data of "
-                                                f"'{member.name}'")
+                                                f"'{shown(member.name)}'")
                 start = self._pos
                 step = min(length, len(self._buf) - start, PIECE)
                 self._pos += step

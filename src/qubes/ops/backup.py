@@ -78,8 +78,10 @@ class FileDestination:
     def open(self) -> BinaryIO:
         try:
             self._file = open(self.partial, "xb")
-            try_lock(self._file.fileno())
+            try_lock(self._file.fileno(), wait=True)
         except OSError as exc:
+            if self._file is not None:
+                self.abort()
             raise QubesError(f"cannot write the backup to {self.path}: "
                              f"{describe_os_error(exc)}") from None
         self._remove_stale()

@@ -112,6 +112,14 @@ def _check_memory(hv, vm) -> None:
                          f"({MEMORY_OVERHEAD_MB} MiB of it for QEMU), {available} MiB available")
 
 
+def _undo(exc: BaseException, clean_up, *args) -> None:
+    """Clean up after a failed start; a failing clean-up is noted, the start's error kept."""
+    try:
+        clean_up(*args)
+    except (QubesError, OSError) as undo:
+        exc.add_note(f"and cleaning up after it failed too: {undo}")
+
+
 def _start_one(base_dir, host, hv, name, wait, timeout, result: StartResult,
                cdrom=None) -> None:
     began = time.monotonic()
@@ -125,15 +133,15 @@ def _start_one(base_dir, host, hv, name, wait, timeout, result: StartResult,
             try:
                 spec = domain.build_spec(vm, base_dir, accel, nics, network.guest_args(vm),
                                          cdrom=cdrom)
-            except BaseException:
-                templates.discard_run_data(vm)  # an overlay made before the failure (B87)
+            except BaseException as exc:
+                _undo(exc, templates.discard_run_data, vm)  # an overlay made before (B87)
                 raise
             limit = timeout if timeout is not None else vm.qrexec_timeout
             has_agent = vm.HAS_KERNEL
         try:
             note = hv.start(spec)  # a failed start leaves no domain defined
-        except BaseException:
-            watch.after_stop(base_dir, host, hv, name)  # this run's overlay and volatile
+        except BaseException as exc:
+            _undo(exc, watch.after_stop, base_dir, host, hv, name)  # its overlay, volatile
             raise
     result.started.append(name)
     if note:

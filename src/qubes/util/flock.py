@@ -9,13 +9,15 @@ import errno
 import fcntl
 
 
-def try_lock(fd: int) -> bool:
-    """flock without waiting; False where the filesystem has no locks (some FUSE, NFS).
+def try_lock(fd: int, wait: bool = False) -> bool:
+    """flock; False where the filesystem has no locks (some FUSE, NFS).
 
-    Raises BlockingIOError when another process holds the lock.
+    Without `wait`, raises BlockingIOError when another process holds the lock.
+    `wait` is for a file just created: only a run checking whether it is a
+    leftover can hold its lock, and only for a moment.
     """
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise
     except OSError as exc:
