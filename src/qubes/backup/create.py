@@ -47,6 +47,7 @@ class BackupOptions:
 
 BLOCK = 4 << 20     # input per compressed member
 IN_FLIGHT = 4       # members being compressed at once: bounded memory
+PROGRESS_STEP = 1 << 20
 
 
 class _ItemPipeline:
@@ -177,12 +178,14 @@ def write_backup(out: BinaryIO, plan: BackupPlan, qubes_xml: bytes, options: Bac
     writer.add_bytes(hmac_name("backup-header"), crypto.format_hmac_file(mac.hexdigest()))
 
     total = plan.total_size
-    done = 0
+    done = shown = 0
 
     def on_input(n: int) -> None:
-        nonlocal done
+        nonlocal done, shown
         done += n
-        reporter.progress(min(done, total), total)
+        if done - shown >= PROGRESS_STEP:  # a home calls this for each of its files
+            shown = done
+            reporter.progress(min(done, total), total)
 
     xml_item = Item("", "qubes.xml", "", "qubes.xml")
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2,

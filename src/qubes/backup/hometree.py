@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from qubes.errors import QubesError
 
 
-@dataclass(frozen=True)
-class HomeEntry:
+class HomeEntry(NamedTuple):
+    """A tuple, not a frozen dataclass: a home makes tens of thousands of them."""
     rel: str                  # path below the home, "/"-separated
     path: str                 # full path on this machine
     st: os.stat_result        # lstat: links are entries of their own

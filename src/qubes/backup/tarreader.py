@@ -15,12 +15,14 @@ read, so an endless stream of headers ends too. Names in error messages are
 escaped: they come from the archive. It never writes anything: what a
 member may become on disk is the caller's decision.
 
-May import: the standard library only.
+May import: the standard library and `qubes.util`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, Iterator
+
+from qubes.util.text import printable
 
 BLOCK = 512
 PIECE = 1 << 20              # data handed out at most this much at a time
@@ -44,7 +46,7 @@ class TarSparseRefused(TarFormatError):
     """A sparse member where the caller accepts none (`sparse=False`); its map is not read."""
 
     def __init__(self, name: str):
-        super().__init__(f"member '{shown(name)}' is a sparse file")
+        super().__init__(f"member '{printable(name)}' is a sparse file")
         self.name = name
 
 
@@ -80,13 +82,6 @@ class TarMember:
 
     def islnk(self) -> bool:
         return self.type == HARDLINK
-
-
-def shown(untrusted_name: str, limit: int = 200) -> str:
-    """A name from the archive, fit for a message: control characters escaped, length capped."""
-    text = "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace")
-                   .decode("ascii") for c in untrusted_name)
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _number(field: bytes, what: str) -> int:
@@ -333,7 +328,7 @@ class TarReader:
         if kind in ("7", "\0"):
             member.type = REGULAR
         if member.type in (DIRECTORY, SYMLINK, HARDLINK) and size:
-            raise TarFormatError(f"member '{shown(member.name)}': a directory or link with "
+            raise TarFormatError(f"member '{printable(member.name)}': a directory or link with "
                                  f"{size} bytes of data")
         return member
 
@@ -430,7 +425,7 @@ class TarReader:
                     self._buf, self._pos = self._read(PIECE), 0
                     if not self._buf:
                         raise TarTruncatedError(f"the archive ends inside the data of "
-                                                f"'{shown(member.name)}'")
+                                                f"'{printable(member.name)}'")
                 start = self._pos
                 step = min(length, len(self._buf) - start, PIECE)
                 self._pos += step

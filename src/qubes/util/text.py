@@ -4,6 +4,8 @@ from __future__ import annotations
 
 def printable(untrusted: str, limit: int = 200) -> str:
     """A name from an archive, safe to print: escapes instead of terminal control codes."""
+    if len(untrusted) <= limit and untrusted.isprintable():
+        return untrusted  # the usual name: called for every member of a home
     text = "".join(c if c.isprintable() else c.encode("unicode_escape",
                                                       "backslashreplace").decode("ascii")
                    for c in untrusted)
