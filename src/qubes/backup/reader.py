@@ -63,6 +63,11 @@ class OuterReader:
         self.current: str | None = None
         self._tar = TarReader(source.read, ignore_zeros=True, max_gap=MAX_GAP, sparse=False)
 
+    @property
+    def offset(self) -> int:
+        """Bytes of the backup read so far."""
+        return self._tar.offset
+
     def next(self) -> Member | None:
         try:
             entry = self._tar.next()

@@ -110,6 +110,8 @@ class DataPass:
                     break
                 self._chunk(member)
             self._wait()
+            self.done = reader.offset  # the whole stream is read: the bar ends at 100 %
+            self.reporter.progress(self.done, max(self.total, self.done))
         except BackupError as exc:
             self._wait()
             vm = self.item.vm_name if self.item else None
@@ -163,7 +165,7 @@ class DataPass:
             self._fail_item(item, "retrieve", f"member '{member.name}' is out of order: "
                             f"expected '{base}.{item.next_index:03d}'", member.name)
         item.next_index = index + 1
-        self.done += member.size
+        self.done = self.source.reader.offset  # headers, padding and .hmac files count too
         self.reporter.progress(min(self.done, self.total), self.total)
         keep = item.decoder is not None and not item.failed
         chunk = VerifiedChunk(self.source.reader, member, self.source.hmac_algorithm,

@@ -78,10 +78,11 @@ class _Loader:
         self.source = source
         self.strict = strict
 
-    def warn(self, message: str) -> None:
+    def warn(self, message: str, fallback: str = "") -> None:
+        """`fallback` says what happens instead; strict loading refuses, so it is left out."""
         if self.strict:
             raise StoreError(f"{self.source}: {message}", self.source)
-        self.app.warnings.append(f"{self.source}: {message}")
+        self.app.warnings.append(f"{self.source}: {message}{fallback}")
 
     def load(self, root) -> None:
         elements = []
@@ -122,8 +123,12 @@ class _Loader:
             self._template(vm, el)
             self.app.insert(vm)
         except (ValueError, QubesError) as exc:
-            self.warn(f"VM element <{el.tag} name='{el.get('name')}'> not loaded (kept in the "
-                      f"file unchanged): {exc}")
+            what = f"VM element <{el.tag} name='{el.get('name')}'> not loaded"
+            if self.strict and cls.is_disposablevm:  # never backed up: nothing lost (B44)
+                self.app.warnings.append(f"{self.source}: {what} (a DisposableVM carries no "
+                                         f"data): {exc}")
+                return None
+            self.warn(f"{what} (kept in the file unchanged): {exc}")
             try:
                 qid = _qid(el.get("qid"))
             except ValueError:
@@ -152,7 +157,7 @@ class _Loader:
         try:
             value = vm.get_property(prop).check(vm, raw)
         except QubesError as exc:
-            self.warn(f"VM '{vm.name}': {exc}" + ("" if self.strict else "; using the default"))
+            self.warn(f"VM '{vm.name}': {exc}", "; using the default")
             return
         if not (keep_default and value == getattr(vm, prop)):
             vm.set_raw(prop, value)
@@ -189,7 +194,7 @@ class _Loader:
             try:
                 vm.set_raw("kernel", check_kernel_name(attrs["kernel"]))
             except ValueError as exc:
-                self.warn(f"VM '{vm.name}': {exc}; using the default kernel")
+                self.warn(f"VM '{vm.name}': {exc}", "; using the default kernel")
         if attrs.get("uses_default_kernelopts", "True").lower() == "false" and "kernelopts" in attrs:
             self._set(vm, "kernelopts", attrs["kernelopts"])
 
@@ -199,23 +204,24 @@ class _Loader:
             try:
                 qid = _qid(raw)
             except ValueError:
-                self.warn(f"root attribute {name}='{raw}' is not a qid; unset")
+                self.warn(f"root attribute {name}='{raw}' is not a qid", "; unset")
                 continue
             if qid is not None:
                 vm = self.app.get(qid)
                 if vm is None:
-                    self.warn(f"root attribute {name} names qid {qid}, which does not exist; unset")
+                    self.warn(f"root attribute {name} names qid {qid}, which does not exist",
+                              "; unset")
                     continue
                 try:
                     self.app.set_global(name, vm)
                 except QubesError as exc:
-                    self.warn(f"{exc}; unset")
+                    self.warn(f"{exc}", "; unset")
         kernel = root.get("default_kernel")
         if not _is_none(kernel):
             try:
                 self.app.default_kernel = check_kernel_name(kernel)
             except ValueError as exc:
-                self.warn(f"default_kernel: {exc}; unset")
+                self.warn(f"default_kernel: {exc}", "; unset")
 
     def _network(self, vm, el) -> None:
         if not vm.HAS_NETVM:
@@ -230,7 +236,7 @@ class _Loader:
             target = None if qid is None else self.app.get(qid)
             vm.set_raw("netvm", vm.get_property("netvm").check(vm, target))
         except (ValueError, QubesError) as exc:
-            self.warn(f"VM '{vm.name}': netvm: {exc}; no network")
+            self.warn(f"VM '{vm.name}': netvm: {exc}", "; no network")
             vm.set_raw("netvm", None)
 
     def _clockvm(self, root) -> None:
