@@ -31,7 +31,7 @@ def sh(*args, base: Path, show: bool = True, quiet: bool = False, online: bool =
     if show:
         print(f"$ QUBES_BASE_DIR={base.relative_to(ROOT)} {' '.join(map(str, args))}")
     proc = subprocess.run([str(BIN / args[0]), *map(str, args[1:])], env=env,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         sys.exit(f"demo: {args[0]} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
     if show and not quiet:

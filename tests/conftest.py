@@ -30,8 +30,9 @@ def run(cmd: str, *args, check: bool = True, env: dict | None = None, input: byt
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
+    stdin = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
     proc = subprocess.run([str(BIN / cmd), *map(str, args)], capture_output=True, env=full_env,
-                          input=input, timeout=timeout)
+                          timeout=timeout, **stdin)
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} {' '.join(map(str, args))} exited {proc.returncode}:\n"
                              f"{proc.stdout.decode(errors='replace')}\n"

@@ -22,8 +22,11 @@ def fake_guest(path, answer):
         line = b""
         while not line.endswith(b"\n"):
             line += conn.recv(4096)
-        nonce, cmd = line.split()
-        conn.sendall(answer(nonce, base64.b64decode(cmd)))
+        nonce, cmd, *given = line.split()
+        cmd = base64.b64decode(cmd)
+        if given:  # the command's input travels in a third field: shown after a "<"
+            cmd += b"<" + base64.b64decode(given[0])
+        conn.sendall(answer(nonce, cmd))
         conn.close()
         srv.close()
     threading.Thread(target=serve, daemon=True).start()
@@ -33,6 +36,14 @@ def test_output_and_exit_code_come_back(tmp_path):
     sock = tmp_path / "a"
     fake_guest(sock, lambda n, cmd: base64.encodebytes(b"out of " + cmd) + n + b" 7\n")
     assert agent.run_command(str(sock), "vm", "echo hi") == (7, b"out of echo hi")
+
+
+def test_input_travels_with_the_command_and_has_a_limit(tmp_path):
+    sock = tmp_path / "a"
+    fake_guest(sock, lambda n, cmd: base64.encodebytes(cmd) + n + b" 0\n")
+    assert agent.run_command(str(sock), "vm", "cat", stdin=b"data\n") == (0, b"cat<data\n")
+    with pytest.raises(QubesError, match="input for VM 'vm' is larger than 1048576 bytes"):
+        agent.run_command(str(sock), "vm", "cat", stdin=bytes(agent.MAX_INPUT + 1))
 
 
 def test_an_abandoned_answer_before_ours_is_skipped(tmp_path):

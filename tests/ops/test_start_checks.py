@@ -157,3 +157,65 @@ def test_the_watcher_of_an_earlier_run_leaves_a_starting_run_alone(work, monkeyp
     start_vm(str(work), host, hv, "work", wait=False)
     hv.watcher.join(10)
     assert run_files(work) == [domain.APPVM_OVERLAY, "volatile.img"]
+
+
+def test_two_starts_at_once_that_only_fit_alone_one_gets_the_memory_error(work, monkeypatch):
+    """B87(b): each start's memory check and its domain creation go together; were they
+    interleaved, both would see the memory free and the host would be overcommitted."""
+    import threading
+    import time
+
+    from qubes.ops import watch
+    monkeypatch.setattr(watch, "spawn", lambda *_args: None)
+    run("qvm-create", "-l", "red", "other")
+    host = LocalHost(str(work))
+    with read_collection(str(work), host) as app:
+        kdir = app["other"].kernels_dir
+    os.makedirs(kdir)
+    with open(os.path.join(kdir, "vmlinuz"), "wb") as f:
+        f.write(b"kernel")
+    for name in ("work", "other"):
+        run("qvm-prefs", "-s", name, "memory", "3000")
+
+    class Filling(FakeHypervisor):
+        """A started domain is assigned its memory; creating one takes a while."""
+
+        def __init__(self):
+            super().__init__(total_mb=5000)
+            self.lock = threading.Lock()
+
+        def domain_states(self, names):
+            with self.lock:
+                return {n: DomainInfo(DomainState.RUNNING if n in self.started
+                                      else DomainState.HALTED) for n in names}
+
+        def host_memory(self):
+            with self.lock:
+                return HostMemory(5000, 3000 * len(self.started), len(self.started))
+
+        def start(self, spec):
+            time.sleep(0.5)  # the other start's check runs meanwhile, unless it waits
+            with self.lock:
+                self.started.append(spec.name)
+
+    hv = Filling()
+    errors = {}
+
+    def start(name):
+        try:
+            start_vm(str(work), host, hv, name, wait=False)
+        except QubesError as exc:
+            errors[name] = str(exc)
+    threads = [threading.Thread(target=start, args=(n,)) for n in ("work", "other")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(hv.started) == 1
+    (failed, message), = errors.items()
+    assert failed not in hv.started
+    assert message == (f"not enough memory to start '{failed}': 3064 MiB needed (64 MiB of it "
+                       "for QEMU), 1936 MiB available")
+    vm_dir = work / "appvms" / failed
+    assert not (vm_dir / domain.APPVM_OVERLAY).exists()
+    assert not (vm_dir / "volatile.img").exists()

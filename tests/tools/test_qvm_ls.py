@@ -297,3 +297,22 @@ def test_corrupted_files_warning(fixture_vms, run):
 def test_domain_info_defaults():
     info = DomainInfo(DomainState.NA)
     assert not info.state.is_running and info.xid == -1
+
+
+def test_memory_columns_show_configured_and_current_apart_b115(fixture_vms, run, fake_hv):
+    """B115: `memory` is the setting, `mem` what the hypervisor says the guest has now
+    (its balloon); a halted VM has no current figure, shown as `-` (empty in raw data)."""
+    fake_hv.running["work"] = running(xid=7, mem_mb=1200)  # work and personal: memory 400
+    code, out, err = run(qvm_ls, "-m", "work", "personal")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    rows = [[cell.strip() for cell in line.split("|")[:-1]] for line in [lines[1]] + lines[3:]]
+    assert rows[0][-1] == "mem"
+    assert [(row[0], row[-1]) for row in rows[1:]] == [("work", "1200 MB"), ("personal", "-")]
+    code, out, _err = run(qvm_ls, "--raw-data", "--fields", "name,memory,mem", "work",
+                          "personal")
+    assert (code, out) == (0, "work|400|1200\npersonal|400|\n")
+    code, out, _err = run(qvm_ls, "--format", "json", "--fields", "name,memory,mem", "work",
+                          "personal")
+    assert json.loads(out) == [{"name": "work", "memory": 400, "mem": 1200},
+                               {"name": "personal", "memory": 400, "mem": None}]

@@ -1,4 +1,4 @@
-"""qvm-prefs (TOOLS.md §4, §15; CASES.md B79-B84)."""
+"""qvm-prefs (TOOLS.md §4, §15; CASES.md B79-B84, B89)."""
 from __future__ import annotations
 
 import os
@@ -162,6 +162,31 @@ def test_set_accepted_and_saved(fixture_vms, run, vm, prop, value, shown):
     code, out, err = run(qvm_prefs, "-s", vm, prop, value)
     assert (code, out, err) == (0, "", "")
     assert _get(run, vm, prop) == shown
+
+
+def test_only_kernel_dirs_with_a_vmlinuz_can_be_chosen_b89(fixture_vms, run, monkeypatch):
+    """B89: the host's real kernel list (LocalHost, not the fixed one of these tests): an
+    empty directory or one without vmlinuz is no installed kernel and is refused."""
+    from qubes.tools import _cli, qubes_prefs
+    monkeypatch.setattr(_cli, "host_factory", None)  # LocalHost(<base>)
+    kernels = fixture_vms / "vm-kernels"
+    (kernels / "6.1.0").mkdir(parents=True)
+    (kernels / "6.1.0" / "vmlinuz").write_bytes(b"kernel")
+    (kernels / "5.10.0").mkdir()
+    (kernels / "6.0.0").mkdir()
+    (kernels / "6.0.0" / "initramfs").write_bytes(b"initramfs only")
+    (kernels / "6.2.0" / "vmlinuz").mkdir(parents=True)  # a directory named vmlinuz
+    for version in ("5.10.0", "6.0.0", "6.2.0"):
+        before = xml_bytes(fixture_vms)
+        assert run(qvm_prefs, "-s", "work", "kernel", version) == (
+            1, "", f"ERROR: Invalid value for kernel: Kernel version {version} not installed\n")
+        assert xml_bytes(fixture_vms) == before
+        assert run(qubes_prefs, "-s", "default-kernel", version) == (
+            1, "", f"ERROR: Invalid value for default-kernel: Kernel version {version} "
+                   "not installed\n")
+    assert run(qvm_prefs, "-s", "work", "kernel", "6.1.0") == (0, "", "")
+    assert _get(run, "work", "kernel") == "6.1.0"
+    assert run(qubes_prefs, "-s", "default-kernel", "6.1.0") == (0, "", "")
 
 
 def test_set_by_argument_count(fixture_vms, run):

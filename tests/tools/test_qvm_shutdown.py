@@ -1,5 +1,5 @@
 """qvm-shutdown and qvm-kill against a fake hypervisor and libvirt's test driver
-(CASES.md B92, B93, B95).
+(CASES.md B92-B95).
 
 A VM already off when asked to shut down is done; one that stops between
 the state check and the hypervisor call is done too. qvm-kill of a VM that
@@ -78,6 +78,25 @@ def test_killing_a_halted_vm_is_an_error_even_if_the_hypervisor_shrugs(fixture_v
         assert run(qvm_kill, "work") == (1, "", "ERROR: VM 'work' is not running\n")
     assert actions(stopping) == []
     stopping.running["work"] = running()
+    assert run(qvm_kill, "work") == (0, "", "")
+    assert actions(stopping) == [("kill", ("work",))]
+
+
+def test_shutdown_wait_of_a_paused_vm_is_refused_at_once_b94(fixture_vms, stopping, run):
+    """B94: --wait must not sit out its timeout and then kill a VM the user paused; the
+    whole command is refused before anything is sent, running VMs named with it included."""
+    import time
+    stopping.running["work"] = DomainInfo(DomainState.PAUSED, 7, 400 * 1024)
+    stopping.running["personal"] = running(6)
+    for argv in (["--wait", "--timeout", "5", "work"],
+                 ["--wait", "--timeout", "5", "personal", "work"]):
+        started = time.monotonic()
+        code, out, err = run(qvm_shutdown, *argv)
+        assert time.monotonic() - started < 2
+        assert (code, out, err) == (
+            1, "", "ERROR: work is paused; unpause it first or use qvm-kill\n"), argv
+    assert actions(stopping) == []
+    assert stopping.running["work"].state is DomainState.PAUSED
     assert run(qvm_kill, "work") == (0, "", "")
     assert actions(stopping) == [("kill", ("work",))]
 

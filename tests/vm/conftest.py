@@ -65,6 +65,29 @@ def _destroy_owned(base) -> None:
     hv.close()
 
 
+def watchers(base, name: str) -> list[int]:
+    """Pids of the per-VM watcher processes (`python -m qubes.ops.watch BASE NAME`)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if b"qubes.ops.watch" in argv and argv[-3:-1] == [str(base).encode(), name.encode()]:
+            pids.append(int(entry))
+    return pids
+
+
+def wait_for_watchers(base, name: str, limit: float = 30) -> None:
+    """Until the watcher of `name`'s last run has done its clean-up and exited."""
+    import time
+    deadline = time.monotonic() + limit
+    while watchers(base, name):
+        assert time.monotonic() < deadline, f"the watcher of {name} is still running"
+        time.sleep(0.1)
+
+
 @pytest.fixture
 def fresh(q):
     """A name maker for this test's VMs; whatever they left running is killed after."""

@@ -71,3 +71,19 @@ def test_names_are_never_reused_and_dispn_is_reserved(q, fresh):
     assert len(set(seen)) == 2
     proc = q("qvm-create", "-l", "red", "disp9999", check=False)
     assert proc.returncode == 1 and b"reserved" in proc.stderr
+
+
+def test_a_dispvm_left_by_a_crash_is_removed_before_the_next_one_starts(q):
+    """B99: registered, halted, its directory present (as after a power loss): the next
+    `qvm-start --dispvm` removes it with a WARNING naming it, then starts a new one."""
+    from qubes.model.host import FixedHost
+    from qubes.ops import dispvm
+    left = dispvm.create(str(q.base), FixedHost(), "tiny")  # registered, never started
+    assert left in names(q) and (q.base / "appvms" / left).is_dir()
+    proc = q("qvm-start", "--dispvm", "tiny")
+    assert f"WARNING: removed the DisposableVM '{left}' left from an earlier run".encode() \
+        in proc.stderr
+    new = re.match(rb"(disp[0-9]+): started", proc.stdout).group(1).decode()
+    assert gone(q, left) and new != left and new in names(q)
+    q("qvm-kill", new)
+    assert gone(q, new)

@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 
-from tests.vm.conftest import URI
+from tests.vm.conftest import URI, watchers
 
 
 def state(q, name: str) -> str:
@@ -102,6 +102,14 @@ def test_pause_blocks_shutdown_and_kill_stops_at_once(q, fresh):
     assert proc.returncode == 1
     assert f"{work} is paused; unpause it first or use qvm-kill".encode() in proc.stderr
     assert state(q, work) == "Paused"
+    # --wait neither sits out its timeout nor kills it then: refused at once, the same way.
+    import time
+    started = time.monotonic()
+    proc = q("qvm-shutdown", "--wait", "--timeout", "10", work, check=False)
+    assert time.monotonic() - started < 8
+    assert (proc.returncode, proc.stderr) == (
+        1, f"ERROR: {work} is paused; unpause it first or use qvm-kill\n".encode())
+    assert state(q, work) == "Paused"
     q("qvm-unpause", work)
     assert q.out("qvm-run", "-p", work, "echo alive") == "alive\n"
     q("qvm-pause", work)
@@ -146,6 +154,21 @@ def test_a_guest_that_never_gets_ready_is_stopped_and_named(q, fresh):
     assert state(q, slow) == "Halted"
 
 
+def test_a_ready_timeout_leaves_no_watcher_behind(q, fresh):
+    """B88: the start that gave up has cleaned up when it returns; no per-VM process of
+    the stopped VM outlives it (its watcher is gone, not left to notice later)."""
+    slow = fresh("slow")
+    q("qvm-create", "-l", "red", slow)
+    q("qvm-prefs", "-s", slow, "qrexec_timeout", "1")
+    proc = q("qvm-start", slow, check=False)
+    assert proc.returncode == 1 and b"not ready within 1 s" in proc.stderr
+    assert watchers(q.base, slow) == []
+    assert not (q.base / "appvms" / slow / "volatile.img").exists()
+    assert not (q.base / "appvms" / slow / "root-overlay.qcow2").exists()
+    q("qvm-start", slow, "--no-wait")  # a start that succeeds does have its watcher
+    assert len(watchers(q.base, slow)) == 1
+
+
 def test_a_missing_kernel_is_refused_before_anything_is_defined(q, fresh):
     """B89: the kernel a VM is pinned to was removed after it was set."""
     work = fresh("work")
@@ -164,8 +187,9 @@ def test_a_missing_kernel_is_refused_before_anything_is_defined(q, fresh):
     assert work not in defined
 
 
-def test_qvm_run_leaves_stdin_alone_and_stops_on_ctrl_c(q, fresh):
-    """B111: stdin is never read (output only); B110: SIGINT exits 130, SIGTERM 143.
+def test_qvm_run_stdin_only_with_p_and_stops_on_ctrl_c(q, fresh):
+    """B108: -a -p starts the VM, then the command gets our stdin; B111: without -p, or
+    with --no-stdin, stdin is never read; B110: SIGINT exits 130, SIGTERM 143.
 
     The command already sent runs to its end in the guest; the guest then answers again.
     """
@@ -175,15 +199,23 @@ def test_qvm_run_leaves_stdin_alone_and_stops_on_ctrl_c(q, fresh):
     from tests.conftest import BIN
     work = fresh("work")
     q("qvm-create", "-l", "red", "-t", "tiny", work)
-    q("qvm-start", work)
-    loop = subprocess.run(
-        ["sh", "-c", f"for i in 1 2 3; do read line && {BIN}/qvm-run -p {work} \"echo $line\"; "
-                     "done"], input=b"a\nb\nc\n", capture_output=True, env=dict(os.environ, **q.env))
-    assert loop.stdout == b"a\nb\nc\n"  # three iterations: qvm-run took none of the input
+    env = dict(os.environ, **q.env)
+    forwarded = subprocess.run([BIN / "qvm-run", "-a", "-p", work, "cat > /tmp/f; echo took"],
+                               input=b"data\x00\xff\n", capture_output=True, env=env)
+    assert (forwarded.returncode, forwarded.stdout) == (0, b"took\n"), forwarded.stderr
+    assert q("qvm-run", "-p", work, "cat /tmp/f").stdout == b"data\x00\xff\n"
+    for argv in ("-p --no-stdin", ""):
+        loop = subprocess.run(
+            ["sh", "-c", f"for i in 1 2 3; do read line && {BIN}/qvm-run {argv} {work} "
+                         "\"echo $line >> /tmp/seen\"; done"],
+            input=b"a\nb\nc\n", capture_output=True, env=env)
+        assert loop.returncode == 0, loop.stderr
+    # three iterations each time: qvm-run took none of the loop's input
+    assert q("qvm-run", "-p", work, "cat /tmp/seen").stdout == b"a\nb\nc\n" * 2
     for signum, code, message in ((signal.SIGINT, 130, b"ERROR: interrupted\n"),
                                   (signal.SIGTERM, 143, b"ERROR: terminated\n")):
         proc = subprocess.Popen([BIN / "qvm-run", "-p", work, "sleep 3"],
-                                env=dict(os.environ, **q.env),
+                                env=dict(os.environ, **q.env), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         time.sleep(1)
         proc.send_signal(signum)

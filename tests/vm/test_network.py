@@ -114,3 +114,35 @@ def test_a_killed_netvm_comes_back_for_its_running_client(q, fresh):
     assert not pings(q, app, prefs(q, app, "gateway"))
     q("qvm-start", net)
     assert pings(q, app, prefs(q, app, "gateway"))
+
+
+def test_a_running_proxyvm_moves_to_another_netvm_with_its_client_up(q, fresh):
+    """B107: the ProxyVM and its client keep running; the proxy gets an interface on the
+    new netvm's network, with the address it has there, and its client still reaches it."""
+    from qubes.ops.network import network_of
+    from qubes.store.access import read_collection
+    from qubes.util.host import LocalHost
+    net1, net2 = netvm(q, fresh, "na"), netvm(q, fresh, "nb")
+    fw = fresh("fw")
+    q("qvm-create", "--class", "ProxyVM", "-t", "tiny", "-l", "green", fw)
+    q("qvm-prefs", "-s", fw, "netvm", net1)
+    app = client(q, fresh, fw)
+    q("qvm-start", app)  # starts net1, then fw
+    q("qvm-start", net2)
+    old_ip = prefs(q, fw, "ip")
+    q("qvm-prefs", "-s", fw, "netvm", net2)
+    now = states(q)
+    assert (now[fw], now[app], now[net1], now[net2]) == ("Running",) * 4
+    assert prefs(q, fw, "netvm") == net2
+    new_ip, gateway = prefs(q, fw, "ip"), prefs(q, fw, "gateway")
+    assert new_ip != old_ip
+    with read_collection(str(q.base), LocalHost(str(q.base))) as coll:
+        networks = {name: network_of(str(q.base), coll[name])[0] for name in (net1, net2, fw)}
+    iflist = subprocess.run(["virsh", "-q", "-c", "qemu:///system", "domiflist", fw],
+                            capture_output=True, text=True, check=True).stdout
+    attached = [line.split()[2] for line in iflist.splitlines() if line.strip()]
+    assert sorted(attached) == sorted([networks[net2], networks[fw]])
+    assert new_ip in q.out("qvm-run", "-p", fw, "ip -4 addr show")
+    assert old_ip not in q.out("qvm-run", "-p", fw, "ip -4 addr show")
+    assert pings(q, fw, gateway)
+    assert pings(q, app, prefs(q, app, "gateway"))  # the client's side of fw is untouched

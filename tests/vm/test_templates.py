@@ -1,8 +1,11 @@
-"""Template roots and HVM templates on real VMs (issue 4 §5-6; CASES.md B96, B97)."""
+"""Template roots and HVM templates on real VMs (issue 4 §5-6; CASES.md B96-B98)."""
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+
+from tests.vm.conftest import wait_for_watchers
 
 
 def test_children_see_template_changes_only_after_the_commit(q, fresh):
@@ -74,3 +77,42 @@ def test_a_child_sees_its_templates_current_root_size(q, fresh):
     q("qvm-start", child)
     sectors = int(q.out("qvm-run", "-p", child, "cat /sys/block/vda/size"))
     assert sectors * 512 == 2 << 30
+
+
+def qemu_io(image, command: str, *, write: bool = False) -> str:
+    proc = subprocess.run(["qemu-io", *([] if write else ["-r"]), "-f", "qcow2", "-c", command,
+                           str(image)], capture_output=True, text=True, check=True)
+    return proc.stdout + proc.stderr
+
+
+def test_a_template_hvm_reverts_like_a_templatevm_and_makes_a_missing_overlay(q, fresh):
+    """B97: revert on a TemplateHVM drops the pending changes and keeps what was committed;
+    a TemplateHVM from a layout without the overlay file starts, the overlay made then.
+
+    The HVM has no OS to write with, and its stop commits at once (no child can run with
+    it), so the changes a run left pending are written into its overlay with qemu-io."""
+    th = fresh("th")
+    q("qvm-create", "--class", "TemplateHVM", "-l", "black", th)
+    q("qvm-prefs", "-s", th, "memory", "128")
+    tdir = q.base / "vm-templates" / th
+    overlay = tdir / "root-cow.qcow2"
+    with open(tdir / "root.img", "r+b") as f:  # the committed state
+        f.seek(1 << 20)
+        f.write(b"c" * 4096)
+    q("qvm-start", th)
+    q("qvm-kill", th)
+    wait_for_watchers(q.base, th)  # its stop's own clean-up would commit the change below
+    assert "no changes" in q.out("qvm-revert-template-changes", "--force", th)
+    qemu_io(overlay, "write -P 0x61 1M 4k", write=True)  # the last run's change...
+    assert "Pattern verification failed" not in qemu_io(overlay, "read -P 0x61 1M 4k")
+    assert "changes dropped" in q.out("qvm-revert-template-changes", "--force", th)
+    assert "Pattern verification failed" not in qemu_io(overlay, "read -P 0x63 1M 4k")
+    assert "no changes" in q.out("qvm-template-commit", th)
+    overlay.unlink()  # an older layout: no overlay file at all
+    q("qvm-start", th)
+    rows = {r["name"]: r["state"] for r in json.loads(q.out("qvm-ls", "--format", "json"))}
+    assert rows[th] == "Running"
+    assert overlay.exists()
+    q("qvm-kill", th)
+    wait_for_watchers(q.base, th)
+    assert "Pattern verification failed" not in qemu_io(overlay, "read -P 0x63 1M 4k")

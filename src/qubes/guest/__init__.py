@@ -11,7 +11,8 @@ Guest protocol (ours, as small as a test needs):
   `qubes.netvm=1` on VMs that forward for clients;
 - first serial port (console.log): `QUBES-READY NAME` once the disks are
   mounted and the services started;
-- second serial port (agent.sock): the host sends `NONCE BASE64-COMMAND`
-  lines; the guest answers with the command's output, base64-encoded, then
+- second serial port (agent.sock): the host sends `NONCE BASE64-COMMAND
+  [BASE64-STDIN]` lines; the guest runs the command with that input (or an
+  empty one) and answers with its output, base64-encoded, then
   `NONCE EXIT-CODE`.
 """

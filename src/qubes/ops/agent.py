@@ -1,7 +1,8 @@
 """The host side of the guest command channel (guest/__init__.py has the protocol).
 
-Commands run by the guest's init as root, one at a time; output comes back
-when the command ends, stdout and stderr together.
+Commands run by the guest's init as root, one at a time; their input is sent
+with them (not streamed), and output comes back when the command ends, stdout
+and stderr together.
 """
 from __future__ import annotations
 
@@ -14,14 +15,20 @@ import time
 from qubes.errors import QubesError
 
 MAX_OUTPUT = 64 * 1024 * 1024
+MAX_INPUT = 1024 * 1024   # sent in one line, which the guest's shell reads byte by byte
 _ANSWER = re.compile(rb"[0-9a-f]{24} -?[0-9]+\r?")
 
 
-def run_command(socket_path: str, name: str, command: str, timeout: float = 60.0
-                ) -> tuple[int, bytes]:
-    """Run `command` in the guest; (exit code, output)."""
+def run_command(socket_path: str, name: str, command: str, timeout: float = 60.0,
+                stdin: bytes | None = None) -> tuple[int, bytes]:
+    """Run `command` in the guest, `stdin` as its input (none: /dev/null); (exit code, output)."""
+    if stdin is not None and len(stdin) > MAX_INPUT:
+        raise QubesError(f"input for VM '{name}' is larger than {MAX_INPUT} bytes")
     nonce = os.urandom(12).hex().encode()
-    line = nonce + b" " + base64.b64encode(command.encode()) + b"\n"
+    line = nonce + b" " + base64.b64encode(command.encode())
+    if stdin:
+        line += b" " + base64.b64encode(stdin)
+    line += b"\n"
     deadline = time.monotonic() + timeout
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:

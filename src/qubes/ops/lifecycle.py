@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from qubes.errors import QubesError
 from qubes.ops import accel as accelerator
 from qubes.ops import dispvm, domain, network, templates, watch
+from qubes.ops.runlock import run_lock
 from qubes.store.access import read_collection
 from qubes.vmm.base import DomainState
 
@@ -123,7 +124,7 @@ def _undo(exc: BaseException, clean_up, *args) -> None:
 def _start_one(base_dir, host, hv, name, wait, timeout, result: StartResult,
                cdrom=None) -> None:
     began = time.monotonic()
-    with watch.run_lock(base_dir):  # memory check to create; never during a clean-up
+    with run_lock(base_dir):  # memory check to create; never during a clean-up
         with read_collection(base_dir, host) as app:
             vm = app[name]
             _check_startable(app, hv, vm)
@@ -146,9 +147,13 @@ def _start_one(base_dir, host, hv, name, wait, timeout, result: StartResult,
     result.started.append(name)
     if note:
         result.notes.append(note)
-    watch.spawn(base_dir, name)
+    watcher = watch.spawn(base_dir, name)
     if wait and has_agent:
-        wait_ready(hv, name, spec.console_log, limit)
+        try:
+            wait_ready(hv, name, spec.console_log, limit)
+        except QubesError as exc:  # the VM was stopped: nothing of it may outlive us (B88)
+            _undo(exc, watch.reap, base_dir, host, hv, name, watcher)
+            raise
         result.ready_seconds[name] = time.monotonic() - began
 
 

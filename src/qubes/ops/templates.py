@@ -11,7 +11,9 @@ import os
 
 from qubes.errors import QubesError
 from qubes.ops import domain
+from qubes.ops.runlock import run_lock
 from qubes.storage import file as storage
+from qubes.store.access import read_collection
 from qubes.vmm.base import DomainState
 
 
@@ -70,3 +72,15 @@ def discard_run_data(vm) -> None:
             os.unlink(path)
         except FileNotFoundError:
             pass
+
+
+def commit_named(base_dir: str, host, hv, name: str) -> bool:
+    """`commit` in its turn with starts and after-stop clean-ups (ops/runlock.py)."""
+    with run_lock(base_dir), read_collection(base_dir, host) as app:
+        return commit(app, hv, app[name])
+
+
+def revert_named(base_dir: str, host, hv, name: str) -> bool:
+    """`revert` in its turn: a watcher's automatic commit never meets it halfway."""
+    with run_lock(base_dir), read_collection(base_dir, host) as app:
+        return revert(app, hv, app[name])

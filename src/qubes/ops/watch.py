@@ -13,57 +13,46 @@ of the same VM is making them.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import subprocess
 import sys
-import threading
 import time
 
 from qubes.errors import QubesError
 from qubes.ops import dispvm, templates
+from qubes.ops.runlock import run_lock
 from qubes.store.access import read_collection
 from qubes.vmm.base import DomainState
 
 POLL = 0.3
+WATCHER_GRACE = 20.0   # seconds a watcher gets to notice its stopped VM and clean up
 
 
-def spawn(base_dir: str, name: str) -> None:
+def spawn(base_dir: str, name: str) -> subprocess.Popen:
     env = dict(os.environ, QUBES_BASE_DIR=base_dir)
-    subprocess.Popen([sys.executable, "-m", "qubes.ops.watch", base_dir, name], env=env,
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    return subprocess.Popen([sys.executable, "-m", "qubes.ops.watch", base_dir, name], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
 
 
-_held = threading.local()  # the run locks this thread holds: path -> depth
+def reap(base_dir: str, host, hv, name: str, watcher: subprocess.Popen | None) -> None:
+    """After a start gave up on `name` and stopped it: its watcher gone, its clean-up done.
 
-
-@contextlib.contextmanager
-def run_lock(base_dir: str):
-    """One start or after-stop clean-up of the collection at a time, across processes.
-
-    Re-entrant within a thread: a start that fails cleans up after itself
-    while it holds the lock. Also keeps the memory check and the domain
-    creation of two starts from interleaving (B87).
+    The watcher is let finish rather than killed at once: it may be in the
+    middle of `after_stop` (removing a DisposableVM, committing a template).
+    One that does not finish within WATCHER_GRACE is killed; `after_stop`,
+    idempotent, then runs here. A VM that could not be stopped keeps its
+    watcher (CASES.md B88).
     """
-    path = os.path.join(base_dir, ".start.lock")
-    depths = _held.__dict__.setdefault("depths", {})
-    if depths.get(path):
-        depths[path] += 1
-        try:
-            yield
-        finally:
-            depths[path] -= 1
+    if hv.domain_states([name])[name].state is not DomainState.HALTED:
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o660)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        depths[path] = 1
-        yield
-    finally:
-        depths.pop(path, None)
-        os.close(fd)
+    if watcher is not None:
+        try:
+            watcher.wait(WATCHER_GRACE)
+        except subprocess.TimeoutExpired:
+            watcher.kill()
+            watcher.wait()
+    after_stop(base_dir, host, hv, name)
 
 
 def after_stop(base_dir: str, host, hv, name: str) -> list[str]:

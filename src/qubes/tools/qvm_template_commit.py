@@ -21,16 +21,15 @@ def main(argv=None, prog: str = "qvm-template-commit") -> int:
     def handle(ctx):
         a = ctx.args
         with ctx.read() as app:
-            template = _cli.vm_by_name(app, a.name)
-            if prog == "qvm-template-commit":
-                done = templates.commit(app, ctx.hypervisor, template)
-                ctx.info(f"{a.name}: changes committed" if done else f"{a.name}: no changes")
-                return
-            if not confirm(f"Drop the changes made in '{a.name}' since its last commit?",
-                           a.force):
-                return 1
-            done = templates.revert(app, ctx.hypervisor, template)
-            ctx.info(f"{a.name}: changes dropped" if done else f"{a.name}: no changes")
+            _cli.vm_by_name(app, a.name)  # an unknown name is told the usual way
+        if prog == "qvm-template-commit":
+            done = templates.commit_named(ctx.base_dir, ctx.host, ctx.hypervisor, a.name)
+            ctx.info(f"{a.name}: changes committed" if done else f"{a.name}: no changes")
+            return
+        if not confirm(f"Drop the changes made in '{a.name}' since its last commit?", a.force):
+            return 1
+        done = templates.revert_named(ctx.base_dir, ctx.host, ctx.hypervisor, a.name)
+        ctx.info(f"{a.name}: changes dropped" if done else f"{a.name}: no changes")
     return _cli.run(build_parser(prog), handle, argv)
 
 
