@@ -210,3 +210,23 @@ def test_b39_real_unreadable_file_stops_qvm_backup_as_a_user(world_dir):
     proc = subprocess.run(backup, capture_output=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()
     assert len(list(out.iterdir())) == 1
+
+
+def test_a_home_a_restore_would_refuse_is_refused_before_writing(tmp_path, monkeypatch):
+    """The writer keeps within the reader's limits (entries, depth): a backup we make is
+    one we can restore. Limits lowered here; the real ones are 200,000 and 256."""
+    from qubes.backup import extract, hometree
+    home = tmp_path / "user"
+    deep = home / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    (deep / "f").write_text("x")
+    monkeypatch.setattr(hometree, "MAX_DEPTH", 5)   # user/a/b/c/f: five parts, allowed
+    assert len(HomeTree(str(home), "user").entries) == 4
+    monkeypatch.setattr(hometree, "MAX_DEPTH", 4)
+    with pytest.raises(QubesError, match=r"a/b/c in the home directory is nested more than 4"):
+        HomeTree(str(home), "user").entries
+    monkeypatch.setattr(hometree, "MAX_DEPTH", extract.MAX_DEPTH)
+    monkeypatch.setattr(hometree, "MAX_HOME_ENTRIES", 3)
+    with pytest.raises(QubesError, match="holds more than 3 entries, more than a restore "
+                                         "accepts; move some out, nothing was written"):
+        HomeTree(str(home), "user").entries

@@ -104,7 +104,7 @@ def test_our_writer_round_trips_sparse_long_and_undecodable_names(tmp_path):
     assert [(m.name, m.type) for m, _ in got] == [
         ("vm1/", "5"), ("vm1/private.img", "0"), (odd, "0"), (LONG, "0"), ("vm1/link", "2")]
     image, data = got[1]
-    assert image.sparse == [(3 * MiB, 8192)] and image.size == 8 * MiB
+    assert list(image.sparse) == [(3 * MiB, 8192)] and image.size == 8 * MiB
     assert data == img.read_bytes()
     assert got[4][0].linkname == "../" + "x" * 200
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import sys
 import threading
 
 from qubes.backup import compress, crypto
@@ -26,8 +27,16 @@ from qubes.util.text import printable
 _PART = re.compile(r"[^\x00-\x1f\x7f/]+")
 ZERO_BLOCK = 4096
 MAX_ENTRIES = 10_000            # a VM directory item; dom0 home gets more
+# Every entry's name is kept until the item ends (duplicates, links, parents are
+# checked against them), about 300 bytes each: 200,000 entries and 64 MiB of kept
+# names hold any dom0 home we know of (a few thousand files, rarely 50,000) and keep
+# a hostile item below ~150 MiB. Callers may lower these, never raise them.
+MAX_HOME_ENTRIES = 200_000
+MAX_NAME_BYTES = 64 << 20       # memory of the names kept for one item (sys.getsizeof)
+MAX_DEPTH = 256                 # path components of a member; deeper trees are refused
 MAX_FILE_SIZE = 1 << 44         # 16 TiB, the ext4 limit: verify refuses what restore could not
 MAX_PATH = 4000
+_SET_SLOT = 32                  # what a kept name costs beyond its string, about
 _ZEROS = bytes(ZERO_BLOCK)
 _EOF = object()
 
@@ -78,9 +87,15 @@ def relative_path(untrusted_name: str, subdir: str, item_name: str) -> str | Non
         raise UnsafeArchiveError(f"item '{item_name}': unexpected member "
                                  f"'{printable(untrusted_name)}'", untrusted_name)
     rest = name[len(subdir):]
-    parts = [p for p in rest.split("/") if p != "."] if rest else []
     if len(rest.encode("utf-8", "surrogateescape")) > MAX_PATH:
         raise UnsafeArchiveError(f"item '{item_name}': member name longer than {MAX_PATH} bytes",
+                                 untrusted_name)
+    parts = [p for p in rest.split("/") if p != "."] if rest else []
+    if len(parts) > MAX_DEPTH:
+        # removing or copying such a tree later costs a stack frame per level in
+        # many tools (shutil.rmtree in Python 3.11 fails at ~1000); no VM needs it
+        raise UnsafeArchiveError(f"item '{item_name}': member '{_short(untrusted_name)}' is "
+                                 f"{len(parts)} directories deep (at most {MAX_DEPTH})",
                                  untrusted_name)
     for part in parts:
         if part == ".." or not _PART.fullmatch(part) \
@@ -89,6 +104,12 @@ def relative_path(untrusted_name: str, subdir: str, item_name: str) -> str | Non
             raise UnsafeArchiveError(f"item '{item_name}': unsafe member name '{shown}'",
                                      untrusted_name)
     return "/".join(parts) or None
+
+
+def _short(untrusted_name: str, keep: int = 120) -> str:
+    """A member name for a message: escaped, and cut if long (hostile ones fill screens)."""
+    shown = printable(untrusted_name[:keep])
+    return shown + "..." if len(untrusted_name) > keep else shown
 
 
 class InnerExtractor:
@@ -101,13 +122,16 @@ class InnerExtractor:
         self.item_name = item_name
         self.space = space          # None: nothing is claimed (verify only, captures)
         self.single = single        # the item is one file named like the item, nothing else
-        self.max_entries = max_entries
+        self.max_entries = min(max_entries, MAX_HOME_ENTRIES)
+        self.max_name_bytes = MAX_NAME_BYTES
+        self._name_bytes = 0        # memory of the names kept in `seen` and `_clear`
         self.subdir = subdir
         self.dest = dest
         self.links = links          # dom0 home: symlinks and hard links allowed, inside it
         self._symlinks: set[str] = set()
         self._dirs: set[str] = set()
         self._regular: set[str] = set()
+        self._clear: set[str] = set()  # parent directories checked: no link or file there
         self._dir_times: list[tuple[str, int, int]] = []
         self.capture = capture
         self.capture_limit = capture_limit
@@ -175,7 +199,8 @@ class InnerExtractor:
                                      member.name)
         if len(seen) >= self.max_entries:
             raise UnsafeArchiveError(f"item '{self.item_name}' holds more than "
-                                     f"{self.max_entries} entries", member.name)
+                                     f"{self.max_entries} entries (the limit for one item)",
+                                     member.name)
         if member.size > MAX_FILE_SIZE:
             raise UnsafeArchiveError(f"member '{printable(member.name)}' claims "
                                      f"{member.size} bytes, more than any VM image", member.name)
@@ -184,7 +209,13 @@ class InnerExtractor:
             raise UnsafeArchiveError(f"item '{self.item_name}': member '{member.name}' "
                                      "appears twice", member.name)
         seen.add(rel)
+        if rel is not None:
+            self._keep(rel, member.name)
         self._check_parents(rel, member.name)
+        if rel in self._clear and not member.isdir():
+            raise UnsafeArchiveError(f"item '{self.item_name}': member '{_short(member.name)}' "
+                                     "is a file or link where earlier members made a directory",
+                                     member.name)
         if member.isdir():
             if rel is not None and self.dest is not None:
                 path = os.path.join(self.dest, rel)
@@ -227,13 +258,31 @@ class InnerExtractor:
             os.makedirs(parent, mode=0o755, exist_ok=True)
             self._dirs.add(parent)
 
+    def _keep(self, text: str, name: str) -> None:
+        """Count a name kept until the item ends against the item's budget."""
+        self._name_bytes += sys.getsizeof(text) + _SET_SLOT
+        if self._name_bytes > self.max_name_bytes:
+            raise UnsafeArchiveError(f"item '{self.item_name}': its member names need more "
+                                     f"than {self.max_name_bytes >> 20} MiB to check (at "
+                                     f"'{_short(name)}')", name)
+
     def _check_parents(self, rel: str | None, name: str) -> None:
-        """Refuse writing through a link made earlier (symlink then write, B41)."""
-        parts = (rel or "").split("/")
-        for i in range(1, len(parts)):
-            if "/".join(parts[:i]) in self._symlinks or "/".join(parts[:i]) in self._regular:
-                raise UnsafeArchiveError(f"item '{self.item_name}': member '{name}' would be "
-                                         "written through a link or file", name)
+        """Refuse writing through a link or file made earlier (symlink then write, B41).
+
+        Each parent directory is checked once, then remembered in `_clear`: it
+        cannot become a link or file later, because a repeated name is refused
+        and `_member` refuses a link or file named like a directory in `_clear`.
+        The walk up stops at the first remembered parent, so the cost grows with
+        the total length of the names, not with depth times members.
+        """
+        parent = rel.rpartition("/")[0] if rel else ""
+        while parent and parent not in self._clear:
+            if parent in self._symlinks or parent in self._regular:
+                raise UnsafeArchiveError(f"item '{self.item_name}': member '{_short(name)}' "
+                                         "would be written through a link or file", name)
+            self._keep(parent, name)
+            self._clear.add(parent)
+            parent = parent.rpartition("/")[0]
 
     def _link(self, member, rel: str) -> None:
         path = None if self.dest is None else os.path.join(self.dest, rel)

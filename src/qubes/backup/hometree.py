@@ -12,6 +12,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from qubes.backup.extract import MAX_DEPTH, MAX_HOME_ENTRIES
 from qubes.errors import QubesError
 
 
@@ -63,6 +64,10 @@ class HomeTree:
             except OSError as exc:
                 _unreadable(dir_path, exc.strerror)
             subdirs = []
+            if children and rel_dir.count("/") + 2 > MAX_DEPTH:  # the user's name counts too
+                raise QubesError(f"{dir_path} in the home directory is nested more than "
+                                 f"{MAX_DEPTH} levels deep, more than a restore accepts; "
+                                 "nothing was written")
             for child in children:
                 st = child.stat(follow_symlinks=False)
                 size += st.st_blocks * 512
@@ -79,6 +84,10 @@ class HomeTree:
                 entries.append(HomeEntry(rel, child.path, st, target))
             # Each directory comes before its contents, in name order.
             stack.extend(reversed(subdirs))
+            if len(entries) > MAX_HOME_ENTRIES:
+                raise QubesError(f"the home directory {self.directory} holds more than "
+                                 f"{MAX_HOME_ENTRIES} entries, more than a restore accepts; "
+                                 "move some out, nothing was written")
         self._entries, self._size = entries, size
 
 

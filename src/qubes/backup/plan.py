@@ -88,11 +88,14 @@ def make_plan(collection, target, options: PlanOptions) -> list[VMPlan]:
     """Plans in restore order; raises listing every problem when nothing can be decided."""
     candidates = {vm.name: vm for vm in backed_up_vms(collection)}
     check_backup_paths(list(candidates.values()))
-    names = list(options.vms) or list(candidates)
+    names = list(dict.fromkeys(options.vms)) or list(candidates)  # a name given twice: once
     unknown = [n for n in names + list(options.exclude) if n not in candidates]
     if unknown:
         raise QubesError(f"not in this backup: {', '.join(unknown)} "
                          f"(the backup holds: {', '.join(candidates) or 'no VM'})")
+    both = [n for n in options.vms if n in options.exclude]
+    if both:
+        raise QubesError(f"both asked for and excluded (-x): {', '.join(dict.fromkeys(both))}")
     plans = [VMPlan(n, candidates[n], candidates[n].backup_path, target_name=n)
              for n in names if n not in options.exclude]
     for plan in plans:
@@ -129,7 +132,7 @@ def _dependencies(plans: list[VMPlan], target, options: PlanOptions) -> list[str
     problems: list[str] = []
     for _round in range(len(plans) + 1):  # a skipped template can break its dependents
         skipped = {p.name for p in plans if p.skip}
-        coming = {p.name: p.target_name for p in plans if not p.skip}
+        coming = {p.name: (p.target_name, p.vm.TYPE) for p in plans if not p.skip}
         problems = []
         for plan in plans:
             if plan.skip:
@@ -145,11 +148,16 @@ def _resolve_template(plan, target, coming, replace, options) -> list[str]:
     wanted = plan.vm.template.name if plan.vm.template is not None else None
     if wanted is None:
         return []
+    replaced = wanted in replace
     wanted = replace.get(wanted, wanted)
-    if wanted in coming:
-        plan.template = coming[wanted]
-        return []
     host = target.get(wanted)
+    kind = coming[wanted][1] if wanted in coming else host.TYPE if host is not None else None
+    if kind is not None and kind != plan.vm.TEMPLATE_TYPE and replaced:
+        return [f"VM '{plan.name}': --replace-template names '{wanted}', which is not a "
+                f"{plan.vm.TEMPLATE_TYPE}"]
+    if wanted in coming:  # loaded from the backup's qubes.xml: checked to be a template
+        plan.template = coming[wanted][0]
+        return []
     if host is not None and host.TYPE == plan.vm.TEMPLATE_TYPE:
         plan.template = wanted
         return []
@@ -163,7 +171,7 @@ def _resolve_netvm(plan, target, coming, options) -> list[str]:
         return []
     wanted = plan.vm.netvm.name
     if wanted in coming:
-        plan.netvm = coming[wanted]
+        plan.netvm = coming[wanted][0]
         return []
     host = target.get(wanted)
     if host is not None and host.provides_network:

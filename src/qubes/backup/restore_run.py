@@ -5,14 +5,13 @@ import errno
 import os
 from concurrent.futures import ThreadPoolExecutor
 import re
-import shutil
 import stat
 import tempfile
 import time
 
 from qubes.backup import compress, crypto
 from qubes.backup.errors import BackupError
-from qubes.backup.extract import InnerExtractor
+from qubes.backup.extract import MAX_HOME_ENTRIES, InnerExtractor
 from qubes.backup.format import split_chunk_name
 from qubes.backup.reader import VerifiedChunk
 from qubes.backup.report import Problem, Reporter
@@ -23,6 +22,7 @@ from qubes.errors import QubesError
 from qubes.model.collection import GLOBAL_VM_REFS
 from qubes.util.atomicfile import describe_os_error
 from qubes.util.flock import try_lock
+from qubes.util.rmtree import remove_tree
 from qubes.util.text import printable
 from qubes.util.sparse import copy_tree_sparse
 
@@ -211,6 +211,8 @@ class DataPass:
             refused = f"archive item '{printable(base)}' belongs to no VM in qubes.xml"
         elif vm_name != "dom0" and kind not in FILE_ITEMS | DIR_ITEMS:
             refused = f"archive item '{printable(base)}' is not a file a VM has"
+        elif vm_name == "dom0" and (self.home_seen or base != self._home_item(base)):
+            refused = f"archive item '{printable(base)}' is not the dom0 home qubes.xml lists"
         elif index != 0:
             refused = f"item '{printable(base)}' starts with '{member_name}', expected '.000'"
         if refused is not None:  # its chunks are read and checked, nothing is decoded
@@ -232,6 +234,15 @@ class DataPass:
             decoder = self.source.decoder(extractor)
             plan.items.append(base[len(subdir):])
         self.item = _OpenItem(base, vm_name, plan, decoder, extractor)
+
+    def _home_item(self, found: str) -> str:
+        """The one home item allowed: the one dom0's entry names, or (no such entry, B34)
+        the first one found."""
+        dom0 = self.source.collection.get(0)
+        if dom0 is not None and dom0.backup_content and \
+                dom0.backup_path.startswith(DOM0_HOME_PREFIX):
+            return dom0.backup_path.rstrip("/")
+        return found
 
     def _home_extractor(self, item_name: str) -> InnerExtractor | None:
         """dom0's home goes to a fresh directory, never over existing files (B34-B36)."""
@@ -257,7 +268,7 @@ class DataPass:
             dest = os.path.join(self.home_dir, "dom0-home")
             space = self._guard(self.home_dir)
         return InnerExtractor(item_name, DOM0_HOME_PREFIX, dest, links=True,
-                              max_entries=1_000_000, space=space)
+                              max_entries=MAX_HOME_ENTRIES, space=space)
 
     def _decode(self, item: _OpenItem, chunk: VerifiedChunk) -> None:
         try:
@@ -283,12 +294,12 @@ class DataPass:
         if item.vm_name == "dom0":
             self.discard_home()
         elif item.plan is not None and self.staging is not None:
-            shutil.rmtree(os.path.join(self.staging, item.plan.name), ignore_errors=True)
+            remove_tree(os.path.join(self.staging, item.plan.name), ignore_errors=True)
 
     def discard_home(self) -> None:
         """A home restored only in part is removed: it is a new directory, nothing is lost."""
         if self.home_dir is not None:
-            shutil.rmtree(self.home_dir, onerror=_make_writable_and_retry)
+            remove_tree(self.home_dir, ignore_errors=True)
             self.home_dir = None
 
     def _close_item(self) -> None:
@@ -363,7 +374,7 @@ def staging_dir(base_dir: str, reporter: Reporter) -> str:
     for entry in os.scandir(base_dir) if os.path.isdir(base_dir) else ():
         match = _STAGING.fullmatch(entry.name)
         if match and _abandoned(entry.path, int(match.group(1))):
-            shutil.rmtree(entry.path, ignore_errors=True)
+            remove_tree(entry.path, ignore_errors=True)
             reporter.warning(f"removed {entry.path}, left by an interrupted restore")
     prefix = f".restore-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}-"
     path = fd = None
@@ -399,15 +410,6 @@ def _abandoned(path: str, pid: int) -> bool:
         return not (young and _alive(pid))
     finally:
         os.close(fd)
-
-
-def _make_writable_and_retry(func, path: str, _exc) -> None:
-    """A restored home may hold read-only directories (their modes come back at the end)."""
-    try:
-        os.chmod(os.path.dirname(path), 0o700)
-        func(path)
-    except OSError:
-        pass
 
 
 def _same_fs(a: str, b: str) -> bool:
@@ -460,6 +462,10 @@ def register(app, plans: list[VMPlan], staging: str, reporter: Reporter,
             reporter.problem(Problem("register", plan.failed, plan.name))
         if plan.failed:
             continue
+        if not plan.netvm_default and plan.netvm in failed:
+            reporter.warning(f"VM '{plan.target_name}': its netvm '{plan.netvm}' was not "
+                             "restored; it comes back without network")
+            plan.netvm = None
         if app.get(plan.target_name) is not None:  # created while we were extracting
             plan.failed = f"a VM named '{plan.target_name}' was created meanwhile; not touching it"
             failed.add(plan.target_name)
@@ -499,7 +505,7 @@ def _move_in(src: str, dst: str) -> None:
         if exc.errno != errno.EXDEV:
             raise
         copy_tree_sparse(src, dst)
-        shutil.rmtree(src)
+        remove_tree(src)
 
 
 def adopt_globals(app, backup, plans: list[VMPlan], reporter: Reporter) -> None:
@@ -525,8 +531,18 @@ def adopt_globals(app, backup, plans: list[VMPlan], reporter: Reporter) -> None:
 
 
 def _create(app, plan: VMPlan, reporter: Reporter):
+    """The new VM in `app`, or nothing in it: a half-made VM is removed before raising."""
+    new = app.add_new_vm(plan.vm.TYPE, plan.target_name, template=plan.template)
+    try:
+        _copy_settings(new, plan, reporter)
+    except BaseException:
+        app.remove(new)
+        raise
+    return new
+
+
+def _copy_settings(new, plan: VMPlan, reporter: Reporter) -> None:
     vm = plan.vm
-    new = app.add_new_vm(vm.TYPE, plan.target_name, template=plan.template)
     for prop in vm.property_list():
         name = prop.name
         if name in NOT_COPIED or vm.is_default(name) or not new.has_property(name):
@@ -544,13 +560,11 @@ def _create(app, plan: VMPlan, reporter: Reporter):
         reporter.warning(f"VM '{plan.target_name}' comes back with {' and '.join(devices)} "
                          "from the backup; check them before starting it")
 
-    return new
-
 
 def discard(path: str | None) -> None:
     """Remove a staging directory (and give up its lock)."""
     if path:
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path, ignore_errors=True)
         fd = _staging_locks.pop(path, None)
         if fd is not None:
             os.close(fd)

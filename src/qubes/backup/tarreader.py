@@ -19,6 +19,7 @@ May import: the standard library and `qubes.util`.
 """
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -60,6 +61,47 @@ class TarSizeError(TarFormatError):
         self.name = name
 
 
+class Regions:
+    """The data regions (offset, length) of a sparse file, checked as they are read.
+
+    In order, not overlapping, inside the file; empty regions are dropped at
+    once. Kept flat in an array of 64-bit numbers, 16 bytes a region: a map
+    may list millions (4 million as Python tuples took over 400 MiB).
+    """
+
+    __slots__ = ("_flat", "_size", "_end", "count", "stored")
+
+    def __init__(self, size: int):
+        self._flat = array("q")
+        self._size = size
+        self._end = 0
+        self.count = 0            # regions read, empty ones too
+        self.stored = 0           # data bytes of the regions kept
+
+    def add(self, offset: int, length: int) -> None:
+        self.count += 1
+        if self.count > MAX_REGIONS:
+            raise TarFormatError(f"sparse map with more than {MAX_REGIONS} regions")
+        if offset < self._end:
+            raise TarFormatError("sparse map out of order")
+        if offset + length > self._size:
+            raise TarSizeError(offset + length, self._size)
+        if length:
+            if offset + length >= 1 << 63:
+                raise TarFormatError("sparse map beyond any file size")
+            self._flat.append(offset)
+            self._flat.append(length)
+            self._end = offset + length
+            self.stored += length
+
+    def __len__(self) -> int:
+        return len(self._flat) // 2
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        flat = iter(self._flat)
+        return zip(flat, flat)
+
+
 @dataclass(slots=True)
 class TarMember:
     name: str                 # decoded as UTF-8, undecodable bytes kept as surrogates
@@ -68,7 +110,7 @@ class TarMember:
     mtime: int
     size: int                 # the file's size (the real size of a sparse file)
     linkname: str = ""
-    sparse: list[tuple[int, int]] | None = None  # data regions (offset, length)
+    sparse: Regions | None = None  # data regions (offset, length)
     stored: int = 0           # data bytes in the stream (without a 1.0 sparse map)
 
     def isreg(self) -> bool:
@@ -135,28 +177,20 @@ def parse_pax(data: bytes) -> dict[str, bytes]:
     return records
 
 
-def _regions_from_numbers(numbers: list[int], size: int) -> list[tuple[int, int]]:
-    if len(numbers) % 2:
-        raise TarFormatError("odd number of values in a sparse map")
-    regions = list(zip(numbers[::2], numbers[1::2]))
-    return _checked_regions(regions, size)
+def _regions_from_numbers(numbers: Iterator[int], size: int) -> Regions:
+    """Offset/length pairs, read one pair at a time (the numbers are never all kept)."""
+    regions = Regions(size)
+    for offset in numbers:
+        length = next(numbers, None)
+        if length is None:
+            raise TarFormatError("odd number of values in a sparse map")
+        regions.add(offset, length)
+    return regions
 
 
-def _checked_regions(regions: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
-    """Regions in order, not overlapping, inside the file; empty ones dropped."""
-    if len(regions) > MAX_REGIONS:
-        raise TarFormatError(f"sparse map with more than {MAX_REGIONS} regions")
-    end = 0
-    kept = []
-    for offset, length in regions:
-        if offset < end:
-            raise TarFormatError("sparse map out of order")
-        if offset + length > size:
-            raise TarSizeError(offset + length, size)
-        if length:
-            kept.append((offset, length))
-            end = offset + length
-    return kept
+def _check_stored(member: TarMember) -> None:
+    if member.sparse is None or member.sparse.stored != member.stored:
+        raise TarFormatError("sparse map does not match the member's data")
 
 
 class TarReader:
@@ -334,25 +368,21 @@ class TarReader:
 
     def _gnu_sparse(self, member: TarMember, block: bytes) -> None:
         """Old GNU sparse: 4 map entries in the header, 21 per extension block."""
-        numbers: list[int] = []
+        member.type = REGULAR
+        member.size = _number(block[483:495], "sparse size")
+        regions = member.sparse = Regions(member.size)
         entries, extended = block[386:482], block[482]
         while True:
             for i in range(0, len(entries), 24):
                 if entries[i] == 0:
                     break
-                numbers += (_number(entries[i:i + 12], "sparse offset"),
+                regions.add(_number(entries[i:i + 12], "sparse offset"),
                             _number(entries[i + 12:i + 24], "sparse length"))
             if not extended:
                 break
-            if len(numbers) > 2 * MAX_REGIONS:
-                raise TarFormatError(f"sparse map with more than {MAX_REGIONS} regions")
             ext = self._take(BLOCK, "a sparse header")
             entries, extended = ext[0:504], ext[504]
-        member.type = REGULAR
-        member.size = _number(block[483:495], "sparse size")
-        member.sparse = _regions_from_numbers(numbers, member.size)
-        if sum(length for _, length in member.sparse) != member.stored:
-            raise TarFormatError("sparse map does not match the member's data")
+        _check_stored(member)
 
     def _pax_sparse(self, member: TarMember, pax: dict[str, bytes]) -> None:
         # 0.1 has a map record, 1.0 says so; without either it is 0.0 (repeated
@@ -366,27 +396,29 @@ class TarReader:
             raise TarFormatError("sparse member without its real size")
         member.size = _decimal(real, "GNU.sparse.realsize")
         if version == (b"1", b"0"):
-            numbers, used = self._map_from_data()
+            member.sparse, used = self._map_from_data(member.size)
             member.stored -= used
             if member.stored < 0:
                 raise TarFormatError("sparse map longer than the member")
         elif version == (b"0", b"1"):
             raw = pax.get("GNU.sparse.map", b"")
-            numbers = [_decimal(v, "GNU.sparse.map") for v in raw.split(b",")] if raw else []
+            member.sparse = _regions_from_numbers(
+                (_decimal(v, "GNU.sparse.map") for v in raw.split(b",")) if raw else iter(()),
+                member.size)
         else:
             raise TarFormatError(f"pax sparse format {version[0].decode(errors='replace')}."
                                  f"{version[1].decode(errors='replace')} is not supported")
-        member.sparse = _regions_from_numbers(numbers, member.size)
-        if sum(length for _, length in member.sparse) != member.stored:
-            raise TarFormatError("sparse map does not match the member's data")
+        _check_stored(member)
 
-    def _map_from_data(self) -> tuple[list[int], int]:
+    def _map_from_data(self, size: int) -> tuple[Regions, int]:
         """The 1.0 map at the start of the data: count, then offset/length lines."""
         text = b""
         used = 0
-        numbers: list[int] = []
+        regions = Regions(size)
+        numbers = 0               # values read after the count
+        offset = 0
         count = None
-        while count is None or len(numbers) < 2 * count:
+        while count is None or numbers < 2 * count:
             if used >= MAX_META * 64:
                 raise TarFormatError("sparse map too large")
             chunk = self._take(BLOCK, "a sparse map")
@@ -400,13 +432,17 @@ class TarReader:
                         raise TarFormatError(f"sparse map with more than {MAX_REGIONS} "
                                              "regions")
                     count = value
-                elif len(numbers) < 2 * count:
-                    numbers.append(value)
-            if count is not None and len(numbers) >= 2 * count:
+                elif numbers < 2 * count:
+                    if numbers % 2:
+                        regions.add(offset, value)
+                    else:
+                        offset = value
+                    numbers += 1
+            if count is not None and numbers >= 2 * count:
                 break
             if len(text) > 64:
                 raise TarFormatError("bad sparse map")
-        return numbers, used
+        return regions, used
 
     # --- data -------------------------------------------------------------
 
@@ -418,7 +454,7 @@ class TarReader:
         """
         if member is not self._member:
             raise ValueError("only the current member's data can be read")
-        regions = member.sparse if member.sparse is not None else [(0, member.stored)]
+        regions = member.sparse if member.sparse is not None else ((0, member.stored),)
         for offset, length in regions:
             while length:
                 if self._pos >= len(self._buf):

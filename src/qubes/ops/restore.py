@@ -13,7 +13,7 @@ import subprocess
 from dataclasses import dataclass
 
 from qubes.backup import space
-from qubes.backup.report import Reporter
+from qubes.backup.report import Problem, Reporter
 from qubes.backup.plan import VMPlan, make_plan
 from qubes.backup.restore import BackupSource, RestoreOptions, RestoreResult
 from qubes.backup.restore_run import (DataPass, adopt_globals, check_complete, discard,
@@ -92,6 +92,23 @@ class CommandSource:
         self.stream.close()
         if code not in (0, -9):
             raise self._failure(code)
+
+
+def finish_source(origin, reporter: Reporter) -> None:
+    """Close the source after a data pass; a source that failed (a command's exit status
+    and stderr) becomes one more problem of the report, which still tells every VM's
+    outcome: the VMs read before the failure may well be complete."""
+    failure = None
+    try:
+        origin.check()
+    except QubesError as exc:
+        failure = exc
+    try:
+        origin.close()
+    except QubesError as exc:
+        failure = failure or exc
+    if failure is not None:
+        reporter.problem(Problem("read", str(failure)))
 
 
 @dataclass

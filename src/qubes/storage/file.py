@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 
 from qubes.errors import StorageError
 from qubes.util.atomicfile import describe_os_error, fsync_dir
+from qubes.util.rmtree import remove_tree
 from qubes.util.sparse import copy_sparse, copy_tree_sparse, create_sparse
 from qubes.util.text import decode_output
 
@@ -42,7 +42,7 @@ def build_dir(final_dir: str, images: dict[str, str | int]) -> str:
             else:
                 copy_sparse(source, dst)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp, ignore_errors=True)
         where = exc.filename or tmp
         raise StorageError(f"cannot create the files of {final_dir}: {where}: "
                            f"{describe_os_error(exc)}") from None
@@ -61,13 +61,13 @@ def commit_dir(tmp: str, final_dir: str) -> None:
 
 
 def discard_dir(tmp: str) -> None:
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_tree(tmp, ignore_errors=True)
 
 
 def remove_dir(path: str) -> str | None:
     """Remove a VM directory; returns a warning text instead of raising."""
     try:
-        shutil.rmtree(path)
+        remove_tree(path)
     except FileNotFoundError:
         return None
     except OSError as exc:

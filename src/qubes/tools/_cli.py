@@ -13,6 +13,7 @@ import traceback
 from typing import Callable
 
 from qubes.errors import ExitCode, NoSuchVMError, QubesError
+from qubes.util.text import SafeTextStream
 
 DEFAULT_BASE_DIR = "/var/lib/qubes"
 
@@ -150,6 +151,8 @@ def run(parser: argparse.ArgumentParser, handler: Callable[[Context], int | None
     if getattr(args, "offline_mode", False):
         os.environ["QUBES_OFFLINE"] = "1"
     ctx = Context(args)
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = SafeTextStream(sys.stdout), SafeTextStream(sys.stderr)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     previous_hup = signal.signal(signal.SIGHUP, _on_sigterm)
     try:
@@ -178,6 +181,7 @@ def run(parser: argparse.ArgumentParser, handler: Callable[[Context], int | None
                   "(run with --debug for details)", file=sys.stderr)
         return int(ExitCode.ERROR)
     finally:
+        sys.stdout, sys.stderr = streams
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGHUP, previous_hup)
         if ctx._hypervisor is not None:

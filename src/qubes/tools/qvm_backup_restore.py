@@ -9,10 +9,12 @@ import sys
 from qubes.backup.plan import PlanOptions
 from qubes.backup.restore import HomeOptions, RestoreOptions
 from qubes.errors import QubesError
-from qubes.ops.restore import CommandSource, FileSource, StreamSource, execute, open_backup
+from qubes.ops.restore import (CommandSource, FileSource, StreamSource, execute, finish_source,
+                               open_backup)
 from qubes.tools import _cli
 from qubes.tools._backup_common import add_common_options, confirm, read_passphrase
 from qubes.tools._progress import ProgressReporter, add_progress_option
+from qubes.util.text import terminal_safe
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,7 +133,7 @@ def _report(plans, reporter, verify: bool, requested: tuple[str, ...], log: str 
     if log is not None:
         try:
             with open(log, "a", encoding="utf-8") as f:
-                f.writelines(text + "\n" for _e, text in lines)
+                f.writelines(terminal_safe(text) + "\n" for _e, text in lines)
         except OSError as exc:
             print(f"WARNING: cannot write the log {log}: {exc.strerror}", file=sys.stderr)
     return 1 if lines[-1][1].startswith("ERROR:") else 0
@@ -140,6 +142,7 @@ def _report(plans, reporter, verify: bool, requested: tuple[str, ...], log: str 
 def handle(ctx) -> int:
     args = ctx.args
     origin = _origin(args)
+    closed = False
     try:
         passphrase = read_passphrase(args.passphrase_file, confirm=False)
         home = HomeOptions(user=getpass.getuser(),
@@ -164,9 +167,11 @@ def handle(ctx) -> int:
             execute(ctx.base_dir, ctx.host, run, reporter)
         finally:
             reporter.finish(ok=sys.exc_info()[0] is None and not reporter.problems)
-        origin.check()
+        closed = True
+        finish_source(origin, reporter)
     finally:
-        origin.close()
+        if not closed:
+            origin.close()
     return _report(run.plans, reporter, args.verify_only, tuple(args.vms), args.log)
 
 
