@@ -105,8 +105,11 @@ def vm_by_name(app, name: str):
     return vm
 
 
-def make_parser(prog: str, description: str, *, force_root: bool = False) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+def make_parser(prog: str, description: str, *,
+                force_root: bool = False) -> argparse.ArgumentParser:
+    """No abbreviated options: a removed or misspelt option must be refused, not taken
+    for the longer one it starts (CASES.md B32)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
     parser.add_argument("--offline-mode", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     if force_root:
