@@ -105,8 +105,8 @@ def test_pause_blocks_shutdown_and_kill_stops_at_once(q, fresh):
     # --wait neither sits out its timeout nor kills it then: refused at once, the same way.
     import time
     started = time.monotonic()
-    proc = q("qvm-shutdown", "--wait", "--timeout", "10", work, check=False)
-    assert time.monotonic() - started < 8
+    proc = q("qvm-shutdown", "--wait", "--timeout", "60", work, check=False)
+    assert time.monotonic() - started < 30  # refused, not waited out
     assert (proc.returncode, proc.stderr) == (
         1, f"ERROR: {work} is paused; unpause it first or use qvm-kill\n".encode())
     assert state(q, work) == "Paused"

@@ -18,6 +18,7 @@ import sys
 import threading
 
 from qubes.backup import compress, crypto
+from qubes.backup.format import MAX_DEPTH, MAX_HOME_ENTRIES, MAX_NAME_BYTES
 from qubes.backup.errors import BackupError, UnsafeArchiveError
 from qubes.backup.space import BLOCK, SpaceGuard
 from qubes.backup.tarreader import TarFormatError, TarReader, TarSizeError
@@ -27,13 +28,6 @@ from qubes.util.text import printable
 _PART = re.compile(r"[^\x00-\x1f\x7f/]+")
 ZERO_BLOCK = 4096
 MAX_ENTRIES = 10_000            # a VM directory item; dom0 home gets more
-# Every entry's name is kept until the item ends (duplicates, links, parents are
-# checked against them), about 300 bytes each: 200,000 entries and 64 MiB of kept
-# names hold any dom0 home we know of (a few thousand files, rarely 50,000) and keep
-# a hostile item below ~150 MiB. Callers may lower these, never raise them.
-MAX_HOME_ENTRIES = 200_000
-MAX_NAME_BYTES = 64 << 20       # memory of the names kept for one item (sys.getsizeof)
-MAX_DEPTH = 256                 # path components of a member; deeper trees are refused
 MAX_FILE_SIZE = 1 << 44         # 16 TiB, the ext4 limit: verify refuses what restore could not
 MAX_PATH = 4000
 _SET_SLOT = 32                  # what a kept name costs beyond its string, about
@@ -94,8 +88,8 @@ def relative_path(untrusted_name: str, subdir: str, item_name: str) -> str | Non
     if len(parts) > MAX_DEPTH:
         # removing or copying such a tree later costs a stack frame per level in
         # many tools (shutil.rmtree in Python 3.11 fails at ~1000); no VM needs it
-        raise UnsafeArchiveError(f"item '{item_name}': member '{_short(untrusted_name)}' is "
-                                 f"{len(parts)} directories deep (at most {MAX_DEPTH})",
+        raise UnsafeArchiveError(f"item '{item_name}': member '{printable(untrusted_name, 120)}' is "
+                                 f"{len(parts)} path components deep (at most {MAX_DEPTH})",
                                  untrusted_name)
     for part in parts:
         if part == ".." or not _PART.fullmatch(part) \
@@ -104,12 +98,6 @@ def relative_path(untrusted_name: str, subdir: str, item_name: str) -> str | Non
             raise UnsafeArchiveError(f"item '{item_name}': unsafe member name '{shown}'",
                                      untrusted_name)
     return "/".join(parts) or None
-
-
-def _short(untrusted_name: str, keep: int = 120) -> str:
-    """A member name for a message: escaped, and cut if long (hostile ones fill screens)."""
-    shown = printable(untrusted_name[:keep])
-    return shown + "..." if len(untrusted_name) > keep else shown
 
 
 class InnerExtractor:
@@ -213,7 +201,7 @@ class InnerExtractor:
             self._keep(rel, member.name)
         self._check_parents(rel, member.name)
         if rel in self._clear and not member.isdir():
-            raise UnsafeArchiveError(f"item '{self.item_name}': member '{_short(member.name)}' "
+            raise UnsafeArchiveError(f"item '{self.item_name}': member '{printable(member.name, 120)}' "
                                      "is a file or link where earlier members made a directory",
                                      member.name)
         if member.isdir():
@@ -263,8 +251,8 @@ class InnerExtractor:
         self._name_bytes += sys.getsizeof(text) + _SET_SLOT
         if self._name_bytes > self.max_name_bytes:
             raise UnsafeArchiveError(f"item '{self.item_name}': its member names need more "
-                                     f"than {self.max_name_bytes >> 20} MiB to check (at "
-                                     f"'{_short(name)}')", name)
+                                     f"than {self.max_name_bytes} bytes to check (at "
+                                     f"'{printable(name, 120)}')", name)
 
     def _check_parents(self, rel: str | None, name: str) -> None:
         """Refuse writing through a link or file made earlier (symlink then write, B41).
@@ -278,7 +266,7 @@ class InnerExtractor:
         parent = rel.rpartition("/")[0] if rel else ""
         while parent and parent not in self._clear:
             if parent in self._symlinks or parent in self._regular:
-                raise UnsafeArchiveError(f"item '{self.item_name}': member '{_short(name)}' "
+                raise UnsafeArchiveError(f"item '{self.item_name}': member '{printable(name, 120)}' "
                                          "would be written through a link or file", name)
             self._keep(parent, name)
             self._clear.add(parent)

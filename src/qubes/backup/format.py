@@ -17,6 +17,14 @@ from dataclasses import dataclass
 
 CHUNK_SIZE = 100 * 1024 * 1024
 HEADER_MAX = 4096
+# Limits of one inner archive, shared by the writer (a backup we make is one we can
+# restore) and the reader. Every entry's name is kept until the item ends (duplicates,
+# links and parents are checked against them), about 300 bytes each: 200,000 entries
+# and 64 MiB of kept names hold any dom0 home we know of (a few thousand files, rarely
+# 50,000) and keep a hostile item below ~150 MiB. Callers may lower them, never raise.
+MAX_HOME_ENTRIES = 200_000
+MAX_NAME_BYTES = 64 << 20       # memory of the names kept for one item (sys.getsizeof)
+MAX_DEPTH = 256                 # path components of a member below the item
 HMAC_FILE_MAX = 4096
 QUBES_XML_MAX = 1024 * 1024
 MAX_VERSION = 4

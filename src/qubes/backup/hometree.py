@@ -12,7 +12,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from qubes.backup.extract import MAX_DEPTH, MAX_HOME_ENTRIES
+from qubes.backup.format import MAX_DEPTH, MAX_HOME_ENTRIES
 from qubes.errors import QubesError
 
 

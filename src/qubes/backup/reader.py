@@ -31,8 +31,8 @@ def check_member_name(untrusted_name: str) -> str:
     parts = untrusted_name.split("/")
     if untrusted_name.startswith("/") or not all(
             _COMPONENT.fullmatch(p) and p not in (".", "..") for p in parts):
-        shown = printable(untrusted_name)  # .member reaches the terminal too
-        raise BackupError(f"archive member '{shown}' has an unsafe name", shown)
+        raise BackupError(f"archive member '{printable(untrusted_name)}' has an unsafe name",
+                          untrusted_name)
     return untrusted_name
 
 

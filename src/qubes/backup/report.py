@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from qubes.util.text import printable
+
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,7 @@ class Problem:
         if self.vm:
             where.append(f"VM {self.vm}")
         if self.member:
-            where.append(f"member {self.member}")
+            where.append(f"member {printable(self.member)}")  # from the archive
         prefix = ", ".join(where)
         return f"{prefix}: {self.cause} (stage: {self.stage})" if prefix else \
             f"{self.cause} (stage: {self.stage})"

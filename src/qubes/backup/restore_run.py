@@ -11,8 +11,8 @@ import time
 
 from qubes.backup import compress, crypto
 from qubes.backup.errors import BackupError
-from qubes.backup.extract import MAX_HOME_ENTRIES, InnerExtractor
-from qubes.backup.format import split_chunk_name
+from qubes.backup.extract import InnerExtractor
+from qubes.backup.format import MAX_HOME_ENTRIES, split_chunk_name
 from qubes.backup.reader import VerifiedChunk
 from qubes.backup.report import Problem, Reporter
 from qubes.backup.plan import VMPlan, backed_up_vms

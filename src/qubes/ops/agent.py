@@ -21,7 +21,7 @@ _ANSWER = re.compile(rb"[0-9a-f]{24} -?[0-9]+\r?")
 
 def run_command(socket_path: str, name: str, command: str, timeout: float = 60.0,
                 stdin: bytes | None = None) -> tuple[int, bytes]:
-    """Run `command` in the guest, `stdin` as its input (none: /dev/null); (exit code, output)."""
+    """Run `command` in the guest, `stdin` as its input (none: empty); (exit code, output)."""
     if stdin is not None and len(stdin) > MAX_INPUT:
         raise QubesError(f"input for VM '{name}' is larger than {MAX_INPUT} bytes")
     nonce = os.urandom(12).hex().encode()

@@ -108,7 +108,7 @@ def finish_source(origin, reporter: Reporter) -> None:
     except QubesError as exc:
         failure = failure or exc
     if failure is not None:
-        reporter.problem(Problem("read", str(failure)))
+        reporter.problem(Problem("retrieve", str(failure)))
 
 
 @dataclass

@@ -1,7 +1,9 @@
-"""One start or after-stop clean-up of a collection at a time (see ops/watch.py).
+"""The run lock, in a module of its own because starts (lifecycle), after-stop
+clean-ups (watch) and template commits and reverts (templates) all take it:
+a watcher's automatic commit must not meet a user's revert of the same overlay,
+nor a clean-up a new start of the same VM.
 
-Template commits and reverts take the same turn: a watcher's automatic
-commit must not meet a user's revert of the same overlay.
+May import: the standard library only.
 """
 from __future__ import annotations
 

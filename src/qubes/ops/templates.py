@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from qubes.errors import QubesError
+from qubes.errors import NoSuchVMError, QubesError
 from qubes.ops import domain
 from qubes.ops.runlock import run_lock
 from qubes.storage import file as storage
@@ -75,12 +75,18 @@ def discard_run_data(vm) -> None:
 
 
 def commit_named(base_dir: str, host, hv, name: str) -> bool:
-    """`commit` in its turn with starts and after-stop clean-ups (ops/runlock.py)."""
-    with run_lock(base_dir), read_collection(base_dir, host) as app:
-        return commit(app, hv, app[name])
+    return _in_turn(commit, base_dir, host, hv, name)
 
 
 def revert_named(base_dir: str, host, hv, name: str) -> bool:
-    """`revert` in its turn: a watcher's automatic commit never meets it halfway."""
+    return _in_turn(revert, base_dir, host, hv, name)
+
+
+def _in_turn(action, base_dir: str, host, hv, name: str) -> bool:
+    """`action` in its turn with starts and after-stop clean-ups (ops/runlock.py): a
+    watcher's automatic commit never meets a revert halfway."""
     with run_lock(base_dir), read_collection(base_dir, host) as app:
-        return revert(app, hv, app[name])
+        vm = app.get(name)
+        if vm is None:
+            raise NoSuchVMError(name)
+        return action(app, hv, vm)

@@ -142,7 +142,7 @@ def _report(plans, reporter, verify: bool, requested: tuple[str, ...], log: str 
 def handle(ctx) -> int:
     args = ctx.args
     origin = _origin(args)
-    closed = False
+    source_finished = False
     try:
         passphrase = read_passphrase(args.passphrase_file, confirm=False)
         home = HomeOptions(user=getpass.getuser(),
@@ -165,12 +165,12 @@ def handle(ctx) -> int:
         reporter = ProgressReporter(args.progress)
         try:
             execute(ctx.base_dir, ctx.host, run, reporter)
+            finish_source(origin, reporter)  # its failure is a problem of the report
+            source_finished = True
         finally:
             reporter.finish(ok=sys.exc_info()[0] is None and not reporter.problems)
-        closed = True
-        finish_source(origin, reporter)
     finally:
-        if not closed:
+        if not source_finished:
             origin.close()
     return _report(run.plans, reporter, args.verify_only, tuple(args.vms), args.log)
 

@@ -20,8 +20,6 @@ def build_parser(prog: str = "qvm-template-commit"):
 def main(argv=None, prog: str = "qvm-template-commit") -> int:
     def handle(ctx):
         a = ctx.args
-        with ctx.read() as app:
-            _cli.vm_by_name(app, a.name)  # an unknown name is told the usual way
         if prog == "qvm-template-commit":
             done = templates.commit_named(ctx.base_dir, ctx.host, ctx.hypervisor, a.name)
             ctx.info(f"{a.name}: changes committed" if done else f"{a.name}: no changes")
