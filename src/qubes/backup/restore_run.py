@@ -21,7 +21,7 @@ from qubes.backup.space import SpaceGuard
 from qubes.errors import QubesError
 from qubes.model.collection import GLOBAL_VM_REFS
 from qubes.util.atomicfile import describe_os_error
-from qubes.util.flock import try_lock
+from qubes.util.flock import lock, try_lock
 from qubes.util.rmtree import remove_tree
 from qubes.util.text import printable
 from qubes.util.sparse import copy_tree_sparse
@@ -382,7 +382,7 @@ def staging_dir(base_dir: str, reporter: Reporter) -> str:
         os.makedirs(base_dir, exist_ok=True)
         path = tempfile.mkdtemp(prefix=prefix, dir=base_dir)  # always a new directory
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try_lock(fd, wait=True)
+        lock(fd)
     except OSError as exc:
         if fd is not None:
             os.close(fd)

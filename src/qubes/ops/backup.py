@@ -27,7 +27,7 @@ from qubes.ops import ensure_halted
 from qubes.store import codec
 from qubes.store.access import modify_collection, read_collection
 from qubes.util.atomicfile import describe_os_error
-from qubes.util.flock import try_lock
+from qubes.util.flock import lock, try_lock
 from qubes.util.text import decode_output
 
 STDERR_LIMIT = 4096
@@ -78,7 +78,7 @@ class FileDestination:
     def open(self) -> BinaryIO:
         try:
             self._file = open(self.partial, "xb")
-            try_lock(self._file.fileno(), wait=True)
+            lock(self._file.fileno())
         except OSError as exc:
             if self._file is not None:
                 self.abort()

@@ -3,14 +3,15 @@ clean-ups (watch) and template commits and reverts (templates) all take it:
 a watcher's automatic commit must not meet a user's revert of the same overlay,
 nor a clean-up a new start of the same VM.
 
-May import: the standard library only.
+May import: the standard library and `qubes.util`.
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import threading
+
+from qubes.util.flock import lock
 
 _held = threading.local()  # the run locks this thread holds: path -> depth
 
@@ -34,7 +35,7 @@ def run_lock(base_dir: str):
         return
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o660)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        lock(fd)
         depths[path] = 1
         yield
     finally:

@@ -8,20 +8,33 @@ from __future__ import annotations
 import errno
 import fcntl
 
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL)
 
-def try_lock(fd: int, wait: bool = False) -> bool:
-    """flock; False where the filesystem has no locks (some FUSE, NFS).
 
-    Without `wait`, raises BlockingIOError when another process holds the lock.
-    `wait` is for a file just created: only a run checking whether it is a
-    leftover can hold its lock, and only for a moment.
+def try_lock(fd: int) -> bool:
+    """flock without waiting; False where the filesystem has no locks (some FUSE, NFS).
+
+    Raises BlockingIOError when another process holds the lock.
     """
+    return _flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def lock(fd: int) -> bool:
+    """flock, waiting for it; False where the filesystem has no locks.
+
+    For a file just created (only a run checking whether it is a leftover can
+    hold its lock, and only for a moment) and for the run lock.
+    """
+    return _flock(fd, fcntl.LOCK_EX)
+
+
+def _flock(fd: int, how: int) -> bool:
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, how)
     except BlockingIOError:
         raise
     except OSError as exc:
-        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL):
+        if exc.errno in _NO_LOCKS:
             return False
         raise
     return True
