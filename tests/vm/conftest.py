@@ -58,10 +58,13 @@ def q(tmp_path_factory):
 def _destroy_owned(base) -> None:
     from qubes import vmm
     from qubes.ops.domain import owner_tag
+    from qubes.ops.network import prefix as network_prefix
     hv = vmm.connect(offline=False, uri=URI)
     owner = owner_tag(str(base))
     for name in hv.owned_domains(owner):
         hv.undefine(name, owner)
+    for net in hv.networks(network_prefix(str(base))):
+        hv.remove_network(net)
     hv.close()
 
 

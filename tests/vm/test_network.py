@@ -121,7 +121,7 @@ def test_a_running_proxyvm_moves_to_another_netvm_with_its_client_up(q, fresh):
     new netvm's network, with the address it has there, and its client still reaches it."""
     from qubes.ops.network import network_of
     from qubes.store.access import read_collection
-    from qubes.util.host import LocalHost
+    from qubes.model.host import FixedHost
     net1, net2 = netvm(q, fresh, "na"), netvm(q, fresh, "nb")
     fw = fresh("fw")
     q("qvm-create", "--class", "ProxyVM", "-t", "tiny", "-l", "green", fw)
@@ -146,3 +146,38 @@ def test_a_running_proxyvm_moves_to_another_netvm_with_its_client_up(q, fresh):
     assert old_ip not in q.out("qvm-run", "-p", fw, "ip -4 addr show")
     assert pings(q, fw, gateway)
     assert pings(q, app, prefs(q, app, "gateway"))  # the client's side of fw is untouched
+
+
+def networks() -> list[str]:
+    return subprocess.run(["virsh", "-q", "-c", "qemu:///system", "net-list", "--all",
+                           "--name"], capture_output=True, text=True).stdout.split()
+
+
+def bridge_exists(name: str) -> bool:
+    import os
+    return os.path.isdir(f"/sys/class/net/{name}")
+
+
+def test_a_removed_netvm_takes_its_network_and_bridge_and_repair_finds_leftovers(q, fresh):
+    """Nothing of a netvm stays on the host after qvm-remove; a network left behind (a
+    netvm removed in offline mode, a crash) is reported by qvm-check --consistency and
+    removed by --repair."""
+    from qubes.ops.network import network_of
+    from qubes.store.access import read_collection
+    from qubes.model.host import FixedHost
+    nets = [netvm(q, fresh) for _ in range(2)]
+    for net in nets:
+        q("qvm-start", net)
+        q("qvm-shutdown", "--wait", net)
+    with read_collection(str(q.base), FixedHost()) as app:
+        own = [network_of(str(q.base), app[net]) for net in nets]
+    for network, bridge in own:
+        assert network in networks() and bridge_exists(bridge)
+    q("qvm-remove", nets[0])
+    assert own[0][0] not in networks() and not bridge_exists(own[0][1])
+    from tests.conftest import run
+    run("qvm-remove", nets[1], env=dict(q.env, QUBES_OFFLINE="1"))  # libvirt not told
+    proc = q("qvm-check", "--consistency", check=False)
+    assert proc.returncode == 1 and own[1][0].encode() in proc.stdout + proc.stderr
+    q("qvm-check", "--consistency", "--repair")
+    assert own[1][0] not in networks() and not bridge_exists(own[1][1])

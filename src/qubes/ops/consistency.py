@@ -8,14 +8,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from qubes.ops import dispvm, domain, templates
+from qubes.ops import dispvm, domain, network, templates
 from qubes.store.access import read_collection
 from qubes.vmm.base import DomainState
 
 
 @dataclass(frozen=True)
 class Problem:
-    kind: str       # orphan-domain, stale-definition, leftover-dispvm, leftover-overlay
+    kind: str       # orphan-domain, stale-definition, leftover-dispvm, leftover-overlay,
+                    # orphan-network
     name: str
     text: str
     repair: str
@@ -40,6 +41,13 @@ def check(base_dir: str, host, hv) -> list[Problem]:
         for name in dispvm.stale(app, hv):
             problems.append(Problem("leftover-dispvm", name, f"the DisposableVM '{name}' is "
                                     "registered but not running", "remove it and its files"))
+        mine = network.prefix(base_dir)
+        for net in hv.networks(mine):
+            vm = app.get(net[len(mine):])
+            if vm is None or not vm.provides_network:
+                problems.append(Problem("orphan-network", net, f"libvirt has the network "
+                                        f"'{net}' of a netvm qubes.xml does not know",
+                                        "remove it and its bridge"))
         states = hv.domain_states([vm.name for vm in app])
         for vm in app:
             overlay = os.path.join(vm.dir_path, domain.APPVM_OVERLAY)
@@ -58,6 +66,8 @@ def repair(base_dir: str, host, hv, problems: list[Problem]) -> list[str]:
     for p in problems:
         if p.kind in ("orphan-domain", "stale-definition"):
             hv.undefine(p.name, owner)
+        elif p.kind == "orphan-network":
+            hv.remove_network(p.name)
         elif p.kind == "leftover-dispvm":
             if not dispvm.remove_if_stopped(base_dir, host, hv, p.name):
                 continue

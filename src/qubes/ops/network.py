@@ -20,10 +20,18 @@ from qubes.vmm.base import DomainState, NicSpec
 INNER_MAC = "00:16:3E:5F:6C:%02X"   # a netvm's side of its clients' network, by netid
 
 
+def _tag(base_dir: str) -> str:
+    return hashlib.sha256(owner_tag(base_dir).encode()).hexdigest()[:6]
+
+
+def prefix(base_dir: str) -> str:
+    """What the names of this collection's networks start with."""
+    return f"qubes-{_tag(base_dir)}-"
+
+
 def network_of(base_dir: str, netvm) -> tuple[str, str]:
     """(libvirt network name, bridge name) of `netvm`'s clients' network."""
-    tag = hashlib.sha256(owner_tag(base_dir).encode()).hexdigest()[:6]
-    return f"qubes-{tag}-{netvm.name}", f"qb{tag}n{netvm.netid}"  # bridge: at most 15 chars
+    return prefix(base_dir) + netvm.name, f"qb{_tag(base_dir)}n{netvm.netid}"  # bridge: <= 15
 
 
 def inner_mac(netvm) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from qubes.errors import QubesError
-from qubes.ops import ensure_halted
+from qubes.ops import ensure_halted, network
 from qubes.ops.domain import owner_tag
 from qubes.storage import file as storage
 from qubes.store.access import modify_collection
@@ -20,9 +20,13 @@ def remove_vm(base_dir: str, host, hypervisor, name: str, just_db: bool = False)
         if vm.installed_by_rpm and not just_db:
             raise QubesError("This VM has been installed by RPM, use rpm -e <pkg name> to remove it!")
         dir_path = vm.dir_path
+        # a netvm takes its network and bridge with it (its clients lose network)
+        own_network = network.network_of(base_dir, vm) if vm.provides_network else None
         warnings = app.remove(vm)
         if not hypervisor.offline:
             hypervisor.undefine(name, owner_tag(base_dir))
+            if own_network is not None:
+                hypervisor.remove_network(*own_network)
     if just_db:
         return warnings
     warning = storage.remove_dir(dir_path)

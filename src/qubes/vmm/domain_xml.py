@@ -44,6 +44,12 @@ def network_xml(network: str, bridge: str) -> str:
     return ET.tostring(net, encoding="unicode")
 
 
+def bridge_of(network_xml_text: str) -> str | None:
+    """The bridge a network's XML names (a network of ours: see network_xml)."""
+    node = ET.fromstring(network_xml_text).find("bridge")
+    return None if node is None else node.get("name")
+
+
 def _nic(parent, nic: NicSpec) -> ET.Element:
     node = ET.Element("interface", type="network") if parent is None \
         else _sub(parent, "interface", type_="network")

@@ -260,6 +260,34 @@ class LibvirtHypervisor:
             raise VMMError(f"creating the network '{network}' failed: "
                            f"{exc.get_error_message()}") from None
 
+    def remove_network(self, network: str, bridge: str | None = None) -> None:
+        error = self._libvirt.libvirtError
+        try:
+            net = self.conn.networkLookupByName(network)
+        except error:
+            net = None  # gone already (ours are transient: a libvirtd restart drops them)
+        try:
+            if net is not None and bridge is None:
+                bridge = domain_xml.bridge_of(net.XMLDesc(0))
+            if net is not None:
+                persistent = net.isPersistent()  # a transient one is gone once destroyed
+                if net.isActive():
+                    net.destroy()
+                if persistent:
+                    net.undefine()
+        except error as exc:
+            raise VMMError(f"removing the network '{network}' failed: "
+                           f"{exc.get_error_message()}") from None
+        if bridge and os.path.isdir(f"/sys/class/net/{bridge}"):
+            _ip("link", "del", bridge)
+
+    def networks(self, prefix: str) -> list[str]:
+        try:
+            return sorted(n.name() for n in self.conn.listAllNetworks(0)
+                          if n.name().startswith(prefix))
+        except self._libvirt.libvirtError as exc:
+            raise VMMError(f"listing networks failed: {exc.get_error_message()}") from None
+
     def attach_nic(self, name: str, nic: NicSpec) -> None:
         dom = self._domain(name)
         try:

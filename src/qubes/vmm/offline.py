@@ -17,11 +17,14 @@ class OfflineHypervisor:
     def owned_domains(self, owner: str) -> dict:
         return {}
 
+    def networks(self, prefix: str) -> list[str]:
+        return []
+
     def _refuse(self, *_args) -> None:
         raise OfflineError()
 
     start = shutdown = kill = pause = unpause = undefine = attach_nic = detach_nic = _refuse
-    ensure_network = _refuse
+    ensure_network = remove_network = _refuse
     host_memory_mb = host_free_memory_mb = host_memory = host_cpu_times = _refuse
 
     def host_cpus(self) -> int:
