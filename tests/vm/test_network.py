@@ -136,7 +136,7 @@ def test_a_running_proxyvm_moves_to_another_netvm_with_its_client_up(q, fresh):
     assert prefs(q, fw, "netvm") == net2
     new_ip, gateway = prefs(q, fw, "ip"), prefs(q, fw, "gateway")
     assert new_ip != old_ip
-    with read_collection(str(q.base), LocalHost(str(q.base))) as coll:
+    with read_collection(str(q.base), FixedHost()) as coll:
         networks = {name: network_of(str(q.base), coll[name])[0] for name in (net1, net2, fw)}
     iflist = subprocess.run(["virsh", "-q", "-c", "qemu:///system", "domiflist", fw],
                             capture_output=True, text=True, check=True).stdout
