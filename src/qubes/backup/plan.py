@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from qubes.backup.errors import BackupError
 from qubes.errors import QubesError
@@ -132,7 +133,7 @@ def _dependencies(plans: list[VMPlan], target, options: PlanOptions) -> list[str
     problems: list[str] = []
     for _round in range(len(plans) + 1):  # a skipped template can break its dependents
         skipped = {p.name for p in plans if p.skip}
-        coming = {p.name: (p.target_name, p.vm.TYPE) for p in plans if not p.skip}
+        coming = {p.name: _Coming(p.target_name, p.vm.TYPE) for p in plans if not p.skip}
         problems = []
         for plan in plans:
             if plan.skip:
@@ -144,6 +145,12 @@ def _dependencies(plans: list[VMPlan], target, options: PlanOptions) -> list[str
     return problems
 
 
+class _Coming(NamedTuple):
+    """A VM of the restore set, as its dependents see it."""
+    target_name: str
+    type: str
+
+
 def _resolve_template(plan, target, coming, replace, options) -> list[str]:
     wanted = plan.vm.template.name if plan.vm.template is not None else None
     if wanted is None:
@@ -151,12 +158,17 @@ def _resolve_template(plan, target, coming, replace, options) -> list[str]:
     replaced = wanted in replace
     wanted = replace.get(wanted, wanted)
     host = target.get(wanted)
-    kind = coming[wanted][1] if wanted in coming else host.TYPE if host is not None else None
-    if kind is not None and kind != plan.vm.TEMPLATE_TYPE and replaced:
+    if wanted in coming:
+        kind = coming[wanted].type
+    elif host is not None:
+        kind = host.TYPE
+    else:
+        kind = None
+    if replaced and kind is not None and kind != plan.vm.TEMPLATE_TYPE:
         return [f"VM '{plan.name}': --replace-template names '{wanted}', which is not a "
                 f"{plan.vm.TEMPLATE_TYPE}"]
     if wanted in coming:  # loaded from the backup's qubes.xml: checked to be a template
-        plan.template = coming[wanted][0]
+        plan.template = coming[wanted].target_name
         return []
     if host is not None and host.TYPE == plan.vm.TEMPLATE_TYPE:
         plan.template = wanted
@@ -171,7 +183,7 @@ def _resolve_netvm(plan, target, coming, options) -> list[str]:
         return []
     wanted = plan.vm.netvm.name
     if wanted in coming:
-        plan.netvm = coming[wanted][0]
+        plan.netvm = coming[wanted].target_name
         return []
     host = target.get(wanted)
     if host is not None and host.provides_network:

@@ -16,7 +16,7 @@ from qubes.backup import crypto
 from qubes.backup.errors import BackupError, WrongPassphraseError
 from qubes.backup.format import HEADER_MAX, HEADER_NAME, HMAC_FILE_MAX, hmac_name
 from qubes.backup.space import NoSpaceError, SpaceGuard
-from qubes.backup.tarreader import (TarFormatError, TarMember, TarReader, TarSparseRefused,
+from qubes.backup.tarreader import (TarFormatError, TarMember, TarReader, TarSparseRefusedError,
                                     TarTruncatedError)
 from qubes.util.atomicfile import describe_os_error
 from qubes.util.text import printable
@@ -73,7 +73,7 @@ class OuterReader:
             entry = self._tar.next()
         except (TarTruncatedError, OSError) as exc:
             raise self._truncated(exc) from None
-        except TarSparseRefused as exc:
+        except TarSparseRefusedError as exc:
             name = printable(exc.name)
             raise BackupError(f"archive member '{name}' is a sparse file, not a plain "
                               "regular file", name) from None

@@ -43,7 +43,7 @@ class TarTruncatedError(TarFormatError):
     """The stream ended inside a header or a member's data."""
 
 
-class TarSparseRefused(TarFormatError):
+class TarSparseRefusedError(TarFormatError):
     """A sparse member where the caller accepts none (`sparse=False`); its map is not read."""
 
     def __init__(self, name: str):
@@ -198,7 +198,7 @@ class TarReader:
 
     `ignore_zeros` reads past zero blocks (a concatenation of archives, as
     `tar -i`); `max_gap` then bounds the zero bytes between two members.
-    `sparse=False` refuses sparse members (TarSparseRefused) before their map
+    `sparse=False` refuses sparse members (TarSparseRefusedError) before their map
     is read: a map may hold millions of regions. A stream that ends inside
     zero padding, with less than a block left, ends the archive (as GNU tar).
     """
@@ -214,6 +214,7 @@ class TarReader:
         self._max_gap = max_gap
         self._ended = False
         self._sparse = sparse
+        self._gap = 0
         self.offset = 0           # bytes consumed from the stream
         self.header_offset = 0    # where the last header block read starts
 
@@ -256,9 +257,9 @@ class TarReader:
         pax: dict[str, bytes] = {}
         long_name = long_link = None
         meta = 0                  # extended header bytes before this member
-        gap = [0]                 # zero bytes before this member (one count for all blocks)
+        self._gap = 0             # zero bytes read since the last member
         while True:
-            block = self._header_block(gap)
+            block = self._header_block()
             if block is None:
                 if meta:
                     raise TarTruncatedError("the archive ends after an extended header")
@@ -290,8 +291,8 @@ class TarReader:
             self._left = member.stored + (-member.stored % BLOCK)
             return member
 
-    def _header_block(self, gap: list[int]) -> bytes | None:
-        """The next header block; None at the end of the archive. `gap[0]` counts the
+    def _header_block(self) -> bytes | None:
+        """The next header block; None at the end of the archive. `_gap` counts the
         zero bytes read since the last member."""
         while True:
             if not self._fill(BLOCK):
@@ -312,8 +313,8 @@ class TarReader:
             if not self._ignore_zeros:
                 self._drain()
                 return None
-            gap[0] += BLOCK
-            if self._max_gap is not None and gap[0] > self._max_gap:
+            self._gap += BLOCK
+            if self._max_gap is not None and self._gap > self._max_gap:
                 raise TarFormatError(f"more than {self._max_gap} bytes without an archive "
                                      "member")
 
@@ -350,7 +351,7 @@ class TarReader:
         if not self._sparse and (kind == "S" or pax_sparse):
             if "GNU.sparse.name" in pax:
                 member.name = _text(pax["GNU.sparse.name"])
-            raise TarSparseRefused(member.name)
+            raise TarSparseRefusedError(member.name)
         try:
             if kind == "S":
                 self._gnu_sparse(member, block)
