@@ -1,7 +1,9 @@
-"""Building VMs with real data for backup tests."""
+"""Building VMs with real data for backup tests, and reworking the backups they make."""
 from __future__ import annotations
 
+import io
 import os
+import tarfile
 
 from qubes.util.sparse import sparse_sha256
 
@@ -55,3 +57,32 @@ def _images(base):
 
 def image_hashes(base) -> dict[str, str]:
     return {rel: sha256_file(base / rel) for rel in _images(base)}
+
+
+def fresh_target(tmp_path, monkeypatch, name="target"):
+    target = tmp_path / name
+    monkeypatch.setenv("QUBES_BASE_DIR", str(target))
+    run("qvm-init-storage")
+    return target
+
+
+def outer_members(backup) -> list[tuple[str, bytes]]:
+    with tarfile.open(backup, ignore_zeros=True) as tf:
+        return [(m.name, tf.extractfile(m).read()) for m in tf]
+
+
+def rewrite_members(src, dst, edit: dict) -> None:
+    """Copy a backup member by member; `edit[name](data)` replaces a member's data, or
+    drops the member when it returns None."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in outer_members(src):
+            if name in edit:
+                data = edit[name](data)
+                if data is None:
+                    continue
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tf.addfile(info, io.BytesIO(data))
+    dst.write_bytes(buf.getvalue())

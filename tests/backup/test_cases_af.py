@@ -18,7 +18,8 @@ import time
 
 import pytest
 
-from tests.backup.helpers import image_hashes, make_demo_vms, sha256_file, write_at
+from tests.backup.helpers import (fresh_target, image_hashes, make_demo_vms, outer_members,
+                                  rewrite_members, sha256_file, write_at)
 from tests.conftest import BIN, peers_or_skip, run, small_tmpfs
 
 PASS = "pässwörd-✓-ß"
@@ -38,33 +39,6 @@ def tree(path) -> set[str]:
         for name in dirs + files:
             out.add(os.path.relpath(os.path.join(root, name), path))
     return out
-
-
-def fresh_target(tmp_path, monkeypatch, name="target"):
-    target = tmp_path / name
-    monkeypatch.setenv("QUBES_BASE_DIR", str(target))
-    run("qvm-init-storage")
-    return target
-
-
-def outer_members(backup) -> list[tuple[str, bytes]]:
-    with tarfile.open(backup, ignore_zeros=True) as tf:
-        return [(m.name, tf.extractfile(m).read()) for m in tf]
-
-
-def rewrite_members(src, dst, edit: dict) -> None:
-    """Copy a backup's outer members into a new outer tar; `edit[name](data)` replaces
-    a member's data (the member keeps its place, its tar header gets the new size)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for name, data in outer_members(src):
-            if name in edit:
-                data = edit[name](data)
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            tf.addfile(info, io.BytesIO(data))
-    dst.write_bytes(buf.getvalue())
 
 
 def header_hmac(header: bytes, algorithm: str = "sha512") -> bytes:

@@ -25,7 +25,8 @@ import pytest
 
 from qubes.tools import _progress as _progress_mod
 from qubes.tools import qvm_backup
-from tests.backup.helpers import image_hashes, make_demo_vms, write_at
+from tests.backup.helpers import (fresh_target, image_hashes, make_demo_vms, outer_members,
+                                  rewrite_members, write_at)
 from tests.conftest import ROOT, peers_or_skip, run, small_tmpfs
 
 PASS = "pässwörd-✓-ß"
@@ -45,35 +46,6 @@ def files_under(path) -> set[str]:
 
 def listing() -> list[str]:
     return run("qvm-ls", "--raw-list").stdout.decode().split()
-
-
-def fresh_target(tmp_path, monkeypatch, name="target"):
-    target = tmp_path / name
-    monkeypatch.setenv("QUBES_BASE_DIR", str(target))
-    run("qvm-init-storage")
-    return target
-
-
-def outer_members(backup) -> list[tuple[str, bytes]]:
-    with tarfile.open(backup, ignore_zeros=True) as tf:
-        return [(m.name, tf.extractfile(m).read()) for m in tf]
-
-
-def rewrite_members(src, dst, edit: dict) -> None:
-    """Copy a backup member by member; `edit[name](data)` replaces a member's data, or
-    drops the member when it returns None."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for name, data in outer_members(src):
-            if name in edit:
-                data = edit[name](data)
-                if data is None:
-                    continue
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            tf.addfile(info, io.BytesIO(data))
-    dst.write_bytes(buf.getvalue())
 
 
 def hmac_file(data: bytes) -> bytes:
