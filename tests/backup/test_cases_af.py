@@ -25,13 +25,6 @@ from tests.conftest import BIN, peers_or_skip, run, small_tmpfs
 PASS = "pässwörd-✓-ß"
 
 
-@pytest.fixture
-def passfile(tmp_path):
-    p = tmp_path / "pass"
-    p.write_text(PASS + "\n", encoding="utf-8")
-    return p
-
-
 def tree(path) -> set[str]:
     """Every file, directory and link below `path` (relative names)."""
     out = set()

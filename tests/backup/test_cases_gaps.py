@@ -33,13 +33,6 @@ PASS = "pässwörd-✓-ß"
 MiB = 1 << 20
 
 
-@pytest.fixture
-def passfile(tmp_path):
-    p = tmp_path / "pass"
-    p.write_text(PASS + "\n", encoding="utf-8")
-    return p
-
-
 def files_under(path) -> set[str]:
     return {os.path.relpath(os.path.join(r, f), path) for r, _d, fs in os.walk(path) for f in fs}
 

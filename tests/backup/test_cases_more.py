@@ -5,17 +5,10 @@ import os
 import subprocess
 import tarfile
 
-import pytest
-
 from tests.backup.helpers import image_hashes, make_demo_vms, sha256_file, write_at
 from tests.conftest import BIN, run, small_tmpfs
 
-
-@pytest.fixture
-def passfile(tmp_path):
-    p = tmp_path / "pass"
-    p.write_text("pässwörd-✓-ß\n", encoding="utf-8")
-    return p
+PASS = "pässwörd-✓-ß"
 
 
 def archived_xml(backup, passfile) -> str:

@@ -12,12 +12,7 @@ import pytest
 from tests.backup.helpers import image_hashes, make_demo_vms, write_at
 from tests.conftest import BIN, run
 
-
-@pytest.fixture
-def passfile(tmp_path):
-    p = tmp_path / "pass"
-    p.write_text("pw\n")
-    return p
+PASS = "pw"
 
 
 def test_dest_command_and_source_command_round_trip(base, tmp_path, passfile, monkeypatch):

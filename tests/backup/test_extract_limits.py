@@ -219,12 +219,6 @@ def test_sparse_regions_are_stored_compactly():
 
 # --- end to end ---------------------------------------------------------------------------
 
-@pytest.fixture
-def passfile(tmp_path):
-    p = tmp_path / "pass"
-    p.write_text(PASS + "\n")
-    return p
-
 
 def test_deep_item_fails_its_vm_and_a_deep_leftover_is_removed(base, tmp_path, passfile):
     """F2: a 1300-level tree in one VM and a damaged chunk in another: that VM fails

@@ -18,13 +18,6 @@ from tests.conftest import peers_or_skip, run
 PASS = "correct horse battery staple ✓"
 
 
-@pytest.fixture
-def passfile(tmp_path):
-    p = tmp_path / "pass"
-    p.write_text(PASS + "\n", encoding="utf-8")
-    return p
-
-
 COMBOS = [([], "enc-gzip"), (["--no-compress"], "enc-plain"),
           (["--no-encrypt"], "clear-gzip"), (["--no-encrypt", "--no-compress"], "clear-plain")]
 

@@ -13,13 +13,6 @@ from tests.conftest import peers_or_skip, run
 PASS = "attack passphrase"
 
 
-@pytest.fixture
-def passfile(tmp_path):
-    p = tmp_path / "pass"
-    p.write_text(PASS + "\n")
-    return p
-
-
 def peer_backup(tmp_path, name, *args) -> str:
     peers = peers_or_skip()
     out = tmp_path / f"{name}.bin"

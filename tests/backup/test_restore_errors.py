@@ -15,13 +15,6 @@ from tests.conftest import peers_or_skip, run
 PASS = "correct horse"
 
 
-@pytest.fixture
-def passfile(tmp_path):
-    p = tmp_path / "pass"
-    p.write_text(PASS + "\n")
-    return p
-
-
 def peer_backup(tmp_path, passfile, *args, name="peer.bin"):
     peers = peers_or_skip()
     out = tmp_path / name

@@ -25,15 +25,10 @@ from qubes.util.sizes import disk_usage
 from tests.backup.helpers import image_hashes, make_demo_vms, write_at
 from tests.conftest import BIN, run, small_tmpfs
 
+PASS = "pw"
+
 MiB, GiB = 1 << 20, 1 << 30
 NEEDS = re.compile(r"(\d+) more bytes needed, (\d+) bytes available")
-
-
-@pytest.fixture
-def passfile(tmp_path):
-    p = tmp_path / "pass"
-    p.write_text("pw\n")
-    return p
 
 
 def _backup(base, tmp_path, passfile, work_mib: int, *vms: str):

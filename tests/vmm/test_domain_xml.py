@@ -49,8 +49,8 @@ def test_interfaces_carry_the_spec_mac_on_the_netvm_network():
 
 
 def test_the_owner_is_recorded_and_read_back():
-    xml = domain_xml.render(spec(owner="/home/u/qubes"))
-    assert domain_xml.owner_of(xml) == "/home/u/qubes"
+    xml = domain_xml.render(spec(owner="/srv/collection-a"))
+    assert domain_xml.owner_of(xml) == "/srv/collection-a"
     assert domain_xml.owner_of("<domain><name>x</name></domain>") is None
     assert domain_xml.owner_of("not xml") is None
 
